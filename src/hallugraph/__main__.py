@@ -1,0 +1,3 @@
+from hallugraph.cli import main
+
+raise SystemExit(main())
