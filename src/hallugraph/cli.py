@@ -1,0 +1,181 @@
+"""Command line: ``hallugraph {extract,info,run}`` (also ``python -m hallugraph``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_RUNS = Path("runs")
+MAIN_DATASETS = ("triviaqa", "truthfulqa", "halueval_qa")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default="smollm2_135M",
+        help="short name, HF id or local path (default: %(default)s)",
+    )
+    p.add_argument(
+        "--quantize", choices=["4bit"], default=None, help="load NF4 4-bit weights (CUDA only)"
+    )
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+
+
+def _add_extract_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-samples", type=int, default=None, help="first N examples (default: all)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--num-beams", type=int, default=1, help="1 = greedy (default); the seed used 5")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument(
+        "--capture",
+        choices=["auto", "incremental", "forward"],
+        default="auto",
+        help="how the final photo is taken (see docs/EXTRACTION.md; default: %(default)s)",
+    )
+    p.add_argument(
+        "--shard-size", type=int, default=500, help="traces per shard (default: %(default)s)"
+    )
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument(
+        "--data-dir", default=None, help="benchmark data folder (or $HALLUGRAPH_DATA_DIR)"
+    )
+    p.add_argument(
+        "--template", default=None, help="prompt template with {question} (and {context})"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hallugraph",
+        description="Detect LLM hallucinations from the model's own computation.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("extract", help="answer questions and store full-sequence traces")
+    _add_model_args(p)
+    p.add_argument(
+        "--dataset", required=True, help="triviaqa, truthfulqa, halueval_qa, or a .jsonl/.csv file"
+    )
+    p.add_argument(
+        "--columns",
+        default=None,
+        help="column mapping for your own file, e.g. question=q,references=answers,id=qid",
+    )
+    p.add_argument("--out", required=True, help="run directory (re-run the same command to resume)")
+    _add_extract_args(p)
+
+    p = sub.add_parser("info", help="summarize a run directory")
+    p.add_argument("run", help="run directory")
+
+    p = sub.add_parser(
+        "run", help="the main job: extract on the default model and data, then summarize"
+    )
+    _add_model_args(p)
+    p.add_argument(
+        "--datasets", default=",".join(MAIN_DATASETS), help="comma-separated (default: %(default)s)"
+    )
+    p.add_argument("--out", default=str(DEFAULT_RUNS / "main"), help="parent folder of the runs")
+    _add_extract_args(p)
+    p.set_defaults(num_samples=100)
+    return parser
+
+
+def _settings(args: argparse.Namespace):
+    from hallugraph.extract import GenerationSettings
+
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
+        batch_size=args.batch_size,
+        capture=args.capture,
+        template=args.template,
+    )
+
+
+def _extract(args: argparse.Namespace, dataset: str, out: str, columns=None, lm=None) -> int:
+    from hallugraph.pipeline import run_extract
+
+    summary = run_extract(
+        model=args.model,
+        dataset=dataset,
+        out=out,
+        num_samples=args.num_samples,
+        settings=_settings(args),
+        shard_size=args.shard_size,
+        dtype=args.dtype,
+        data_dir=args.data_dir,
+        columns=columns,
+        quantize=args.quantize,
+        device=args.device,
+        lm=lm,
+        progress=not args.no_progress,
+    )
+    print(summary.render())
+    return 1 if summary.errors and not summary.total else 0
+
+
+def _info(run: str) -> int:
+    import json
+
+    from hallugraph.store import TraceStore
+
+    store = TraceStore(run)
+    info = store.info
+    print(
+        f"Run {run}: {len(store)} traces, model {info.get('model')}, dataset {info.get('dataset')}"
+    )
+    print(json.dumps(info.get("generation"), sort_keys=True))
+    sizes = store.disk_usage()
+    print(f"{len(store.shards)} shards, {sizes['total'] / 2**20:.2f} MB on disk")
+    if len(store):
+        t = store[0]
+        print(
+            f"first trace {t['question_id']}: hidden_states {t['hidden_states'].shape}, "
+            f"attentions {t['attentions'].shape}, tokens {len(t['tokens'])}"
+        )
+        print(f"  Q: {t['question']}\n  A: {t['generated_answer_clean']}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
+    from hallugraph.datasets import DatasetError
+    from hallugraph.models import ModelError
+    from hallugraph.store import StoreError
+
+    try:
+        if args.command == "extract":
+            from hallugraph.datasets import parse_columns
+
+            columns = parse_columns(args.columns) if args.columns else None
+            return _extract(args, args.dataset, args.out, columns)
+        if args.command == "info":
+            return _info(args.run)
+        if args.command == "run":
+            from hallugraph.models import load_model
+
+            lm = load_model(args.model, quantize=args.quantize, device=args.device)
+            rc = 0
+            for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+                print(f"\n=== {name} ===")
+                rc |= _extract(args, name, str(Path(args.out) / name), lm=lm)
+            return rc
+    except (DatasetError, ModelError, StoreError, ValueError) as err:
+        print(f"hallugraph: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "hallugraph: interrupted; completed shards are kept, re-run to resume", file=sys.stderr
+        )
+        return 130
+    return 0

@@ -1,0 +1,317 @@
+"""Trace extraction: the model answers, then one "final photo" of prompt + answer is kept.
+
+A trace holds, for every layer, the hidden states ``[seq, hidden]`` and attention maps
+``[heads, seq, seq]`` of the whole sequence (prompt + answer), the token ids and their strings,
+and for every answer position the log-prob of the chosen token and the entropy of the
+next-token distribution.
+
+Two capture modes give the same photo (tests check both against an independent forward pass):
+
+``forward``
+    After generation, ONE teacher-forced forward pass over prompt + answer. Used for beam
+    search and for given (teacher-forced) answers, and available everywhere.
+``incremental`` (default for greedy decoding)
+    Under a causal mask the state of position ``i`` depends only on tokens ``<= i``, so the
+    teacher-forced pass computes exactly what generation already computed: the prefill's
+    rows for the prompt and one row per decode step for each fed answer token. We keep those
+    rows (``generate(output_hidden_states=True)`` returns them step by step: step 0 holds the
+    whole prompt, step ``t`` the token chosen at ``t - 1``) and feed the last chosen token once
+    more, instead of recomputing the whole sequence. Reading only ``hidden_states[-1]`` of
+    ``generate`` — the newest token — is the bug this avoids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from hallugraph.datasets import Example, build_prompt
+from hallugraph.models import LoadedModel, render_prompt
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How answers are produced and captured."""
+
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    early_stopping: bool = True
+    batch_size: int = 16
+    capture: str = "auto"
+    """``auto`` (incremental for greedy, forward otherwise), ``incremental`` or ``forward``."""
+    template: str | None = None
+
+    def capture_mode(self) -> str:
+        if self.capture == "auto":
+            return "incremental" if self.num_beams == 1 else "forward"
+        if self.capture == "incremental" and self.num_beams != 1:
+            raise ValueError("incremental capture needs greedy decoding (--num-beams 1)")
+        if self.capture not in ("incremental", "forward"):
+            raise ValueError(f"unknown capture mode {self.capture!r}")
+        return self.capture
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Prepared:
+    """One example turned into model input."""
+
+    example: Example
+    prompt: str
+    prompt_ids: list[int]
+    context_span: tuple[int, int] | None
+    answer_ids: list[int] | None = None
+    """Given answer tokens (teacher-forced), ``None`` when the model generates."""
+
+
+@dataclass
+class Trace:
+    """One captured trace: metadata plus full-precision tensors of the whole sequence."""
+
+    meta: dict[str, Any]
+    hidden_states: torch.Tensor
+    """``[num_layers + 1, seq, hidden]`` (index 0 = embeddings, last = after the final norm)."""
+    attentions: torch.Tensor
+    """``[num_layers, heads, seq, seq]``, zero above the diagonal."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(
+    lm: LoadedModel, examples: Sequence[Example], template: str | None = None
+) -> list[Prepared]:
+    """Render prompts, tokenize them and locate the context's token span."""
+    tok = lm.tokenizer
+    add_special = not lm.use_chat_template
+    out = []
+    for ex in examples:
+        user_text, ctx_chars = build_prompt(ex, template)
+        prompt = render_prompt(lm, user_text)
+        enc = tok(prompt, add_special_tokens=add_special, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        span = None
+        if ctx_chars is not None:
+            base = prompt.find(user_text)
+            cs, ce = base + ctx_chars[0], base + ctx_chars[1]
+            inside = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if e > cs and s < ce]
+            if inside:
+                span = (inside[0], inside[-1] + 1)
+        answer_ids = None
+        if ex.answer is not None:
+            answer_ids = list(tok(ex.answer, add_special_tokens=False)["input_ids"])
+            if tok.eos_token_id is not None:
+                answer_ids.append(int(_eos_ids(lm)[0]))
+        out.append(Prepared(ex, prompt, ids, span, answer_ids))
+    return out
+
+
+def shared_prefix_len(prepared: Sequence[Prepared]) -> int:
+    """Length of the token prefix common to every prompt (the chat header and instruction)."""
+    if not prepared:
+        return 0
+    first = prepared[0].prompt_ids
+    n = min(len(p.prompt_ids) for p in prepared)
+    k = 0
+    while k < n and all(p.prompt_ids[k] == first[k] for p in prepared):
+        k += 1
+    return k
+
+
+def _eos_ids(lm: LoadedModel) -> list[int]:
+    eos = lm.model.generation_config.eos_token_id
+    if eos is None:
+        eos = lm.tokenizer.eos_token_id
+    return list(eos) if isinstance(eos, (list, tuple)) else [int(eos)]
+
+
+def _cut_at_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], bool]:
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: i + 1], True
+    return tokens, False
+
+
+def _left_pad(
+    seqs: Sequence[Sequence[int]], pad_id: int, device: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _token_stats(logits: torch.Tensor, chosen: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Log-prob of each chosen token and entropy (nats) of each next-token distribution."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    lp = logp.gather(-1, chosen[:, None]).squeeze(-1)
+    ent = -(logp.exp() * logp).sum(-1)
+    return lp.tolist(), ent.tolist()
+
+
+def _generate(lm: LoadedModel, batch: Sequence[Prepared], gs: GenerationSettings, capture: bool):
+    ids, mask = _left_pad([p.prompt_ids for p in batch], lm.tokenizer.pad_token_id, lm.device)
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=gs.max_new_tokens,
+        do_sample=False,
+        num_beams=gs.num_beams,
+        return_dict_in_generate=True,
+        pad_token_id=lm.tokenizer.pad_token_id,
+        eos_token_id=_eos_ids(lm),
+        temperature=None,
+        top_p=None,
+        top_k=None,
+    )
+    if gs.num_beams > 1:
+        kwargs["early_stopping"] = gs.early_stopping
+    if capture:
+        kwargs.update(output_hidden_states=True, output_attentions=True, output_logits=True)
+    out = lm.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    return ids, mask, out
+
+
+def _capture_incremental(
+    lm: LoadedModel, batch: Sequence[Prepared], gs: GenerationSettings
+) -> list[Trace]:
+    ids, mask, out = _generate(lm, batch, gs, capture=True)
+    P = ids.shape[1]
+    gen = out.sequences[:, P:]
+    T = gen.shape[1]
+    eos = set(_eos_ids(lm))
+    answers = [_cut_at_eos(gen[b].tolist(), eos) for b in range(len(batch))]
+    # Feed the last chosen token once more: its row is the only one generation never computed
+    # for sequences that were still running at the last step.
+    need_extra = any(len(a) == T for a, _ in answers)
+    extra = None
+    if need_extra:
+        full_mask = torch.cat([mask, torch.ones_like(gen)], dim=1)
+        extra = lm.model.model(
+            input_ids=gen[:, -1:],
+            attention_mask=full_mask,
+            position_ids=_positions(full_mask)[:, -1:],
+            past_key_values=out.past_key_values,
+            output_hidden_states=True,
+            output_attentions=True,
+            use_cache=True,
+        )
+    # step 0: prompt; step t >= 1: the token chosen at step t - 1
+    hs0 = torch.stack(out.hidden_states[0])  # [L+1, B, P, H]
+    hs_steps = [torch.stack(h)[:, :, 0] for h in out.hidden_states[1:]]  # each [L+1, B, H]
+    at0 = torch.stack(out.attentions[0])  # [L, B, heads, P, P]
+    at_steps = [torch.stack(a)[:, :, :, 0] for a in out.attentions[1:]]  # [L, B, heads, P+t]
+    if extra is not None:
+        hs_steps.append(torch.stack(extra.hidden_states)[:, :, 0])
+        at_steps.append(torch.stack(extra.attentions)[:, :, :, 0])
+    traces = []
+    for b, p in enumerate(batch):
+        ans, finished = answers[b]
+        n, plen = len(ans), len(p.prompt_ids)
+        start = P - plen
+        S = plen + n
+        hidden = torch.cat([hs0[:, b, start:]] + [hs_steps[t][:, b, None] for t in range(n)], dim=1)
+        attn = torch.zeros((at0.shape[0], at0.shape[2], S, S), dtype=at0.dtype)
+        attn[:, :, :plen, :plen] = at0[:, b, :, start:, start:]
+        for t in range(n):
+            attn[:, :, plen + t, : plen + t + 1] = at_steps[t][:, b, :, start : P + t + 1]
+        logits = torch.stack([out.logits[t][b] for t in range(n)])
+        lp, ent = _token_stats(logits, torch.tensor(ans))
+        traces.append(_make_trace(lm, p, ans, finished, hidden, attn, lp, ent, "generated"))
+    return traces
+
+
+def _capture_forward(
+    lm: LoadedModel,
+    batch: Sequence[Prepared],
+    answers: Sequence[tuple[list[int], bool]],
+    source: str,
+) -> list[Trace]:
+    seqs = [p.prompt_ids + a for p, (a, _) in zip(batch, answers, strict=True)]
+    ids, mask = _left_pad(seqs, lm.tokenizer.pad_token_id, lm.device)
+    out = lm.model.model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=_positions(mask),
+        output_hidden_states=True,
+        output_attentions=True,
+        use_cache=False,
+    )
+    hs = torch.stack(out.hidden_states)  # [L+1, B, W, H]
+    at = torch.stack(out.attentions)  # [L, B, heads, W, W]
+    W = ids.shape[1]
+    traces = []
+    for b, p in enumerate(batch):
+        ans, finished = answers[b]
+        S = len(seqs[b])
+        start = W - S
+        hidden = hs[:, b, start:]
+        attn = torch.tril(at[:, b, :, start:, start:])
+        plen = len(p.prompt_ids)
+        # logits at position i predict token i + 1: the answer's tokens come from plen-1..S-2
+        logits = lm.model.lm_head(hidden[-1, plen - 1 : S - 1])
+        lp, ent = _token_stats(logits, torch.tensor(ans, device=logits.device))
+        traces.append(_make_trace(lm, p, ans, finished, hidden, attn, lp, ent, source))
+    return traces
+
+
+def _make_trace(lm, p: Prepared, ans, finished, hidden, attn, lp, ent, source: str) -> Trace:
+    tok = lm.tokenizer
+    tokens = p.prompt_ids + list(ans)
+    ex = p.example
+    meta = {
+        "question_id": ex.id,
+        "question": ex.question,
+        "references": list(ex.references),
+        "incorrect": list(ex.incorrect),
+        "context": ex.context,
+        "prompt": p.prompt,
+        "generated_answer_clean": tok.decode(ans, skip_special_tokens=True).strip(),
+        "answer_source": source,
+        "finished": finished,
+        "tokens": tokens,
+        "tokens_decoded": tok.batch_decode([[t] for t in tokens]),
+        "seq_len": len(tokens),
+        "prompt_len": len(p.prompt_ids),
+        "answer_len": len(ans),
+        "context_span": list(p.context_span) if p.context_span else None,
+        "token_logprobs": lp,
+        "token_entropy": ent,
+        "example_meta": dict(ex.meta),
+    }
+    return Trace(meta, hidden.detach().float().cpu(), attn.detach().float().cpu())
+
+
+@torch.inference_mode()
+def capture_batch(
+    lm: LoadedModel, batch: Sequence[Prepared], gs: GenerationSettings
+) -> list[Trace]:
+    """Answer (or teacher-force the given answers of) one batch and capture its traces."""
+    forced = [p.answer_ids is not None for p in batch]
+    if any(forced) and not all(forced):
+        raise ValueError("a batch mixes given answers and generated ones")
+    if all(forced):
+        answers = [_cut_at_eos(list(p.answer_ids or []), set(_eos_ids(lm))) for p in batch]
+        return _capture_forward(lm, batch, answers, "given")
+    if gs.capture_mode() == "incremental":
+        return _capture_incremental(lm, batch, gs)
+    ids, _, out = _generate(lm, batch, gs, capture=False)
+    eos = set(_eos_ids(lm))
+    answers = [_cut_at_eos(s[ids.shape[1] :].tolist(), eos) for s in out.sequences]
+    return _capture_forward(lm, batch, answers, "generated")
+
+
+def iter_batches(prepared: Sequence[Prepared], batch_size: int) -> Iterator[list[Prepared]]:
+    """Batches of similar prompt length (less padding); the caller restores the order."""
+    order = sorted(range(len(prepared)), key=lambda i: len(prepared[i].prompt_ids))
+    for k in range(0, len(order), batch_size):
+        yield [prepared[i] for i in order[k : k + batch_size]]

@@ -1,0 +1,198 @@
+"""Orchestration of the stages: dataset -> model -> extraction -> store (used by the CLI)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from hallugraph.datasets import DATASETS, Example, load_dataset
+from hallugraph.extract import (
+    GenerationSettings,
+    Prepared,
+    capture_batch,
+    iter_batches,
+    prepare,
+    shared_prefix_len,
+)
+from hallugraph.models import HF_NAMES, LoadedModel, load_model, model_slug
+from hallugraph.store import TraceStore, TraceWriter
+
+
+@dataclass
+class ExtractSummary:
+    run_dir: Path
+    processed: int
+    """Traces written by this invocation."""
+    total: int
+    """Traces in the run directory after this invocation."""
+    errors: int
+    shards_written: list[str]
+    sizes: dict[str, int]
+    first_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def render(self) -> str:
+        mb = 1024 * 1024
+        lines = [
+            f"Run directory:        {self.run_dir}",
+            f"Examples processed:   {self.processed} (run total {self.total})",
+            f"Errors:               {self.errors}",
+            f"Shards written:       {len(self.shards_written)}",
+        ]
+        for name, size in self.sizes.items():
+            if name != "total":
+                lines.append(f"  {name:<48} {size / mb:9.2f} MB")
+        lines.append(f"Total size on disk:   {self.sizes.get('total', 0) / mb:.2f} MB")
+        if self.total:
+            lines.append(
+                f"Per trace:            {self.sizes.get('total', 0) / mb / self.total:.3f} MB"
+            )
+        for key, shape in self.first_shapes.items():
+            lines.append(f"First trace {key:<14} {shape}")
+        lines.append(f"Wall time:            {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def dataset_name(name_or_path: str) -> str:
+    return name_or_path if name_or_path in DATASETS else Path(name_or_path).stem
+
+
+def prefix_tokens(lm: LoadedModel, prepared: list[Prepared], template: str | None) -> list[int]:
+    """Tokens every prompt of this template starts with, whatever the data.
+
+    Two probe examples with different one-character questions and contexts join the real
+    prompts, so the prefix does not depend on which (or how many) examples are extracted.
+    """
+    if not prepared:
+        return []
+    has_ctx = prepared[0].example.context is not None
+    probes = [
+        Example(id=f"probe{c}", question=c, references=(), context=c if has_ctx else None)
+        for c in ("0", "1")
+    ]
+    allp = prepared + prepare(lm, probes, template)
+    return allp[0].prompt_ids[: shared_prefix_len(allp)]
+
+
+def run_extract(
+    *,
+    model: str,
+    dataset: str,
+    out: str | os.PathLike[str],
+    num_samples: int | None = None,
+    settings: GenerationSettings | None = None,
+    shard_size: int = 500,
+    dtype: str = "float16",
+    data_dir: str | None = None,
+    columns: Mapping[str, str] | None = None,
+    quantize: str | None = None,
+    device: str | None = None,
+    lm: LoadedModel | None = None,
+    progress: bool = True,
+    answers_from: Mapping[str, str] | None = None,
+    examples: Sequence[Example] | None = None,
+) -> ExtractSummary:
+    """Answer ``num_samples`` questions of ``dataset`` and store their traces in ``out``.
+
+    Re-running with the same arguments resumes an interrupted run. ``answers_from`` maps
+    example ids to given answers that are teacher-forced instead of generated. ``examples``
+    replaces loading ``dataset`` (which then only names the run).
+    """
+    t0 = time.perf_counter()
+    settings = settings or GenerationSettings()
+    if examples is None:
+        examples = load_dataset(
+            dataset, data_dir=data_dir, num_samples=num_samples, columns=columns
+        )
+    if answers_from:
+        examples = [replace(e, answer=answers_from.get(e.id, e.answer)) for e in examples]
+    if lm is None:
+        lm = load_model(model, quantize=quantize, device=device)
+    settings.capture_mode()  # validate early
+    prepared = prepare(lm, examples, settings.template)
+    prefix = prefix_tokens(lm, prepared, settings.template)
+    cfg = lm.model.config
+    run_info = {
+        "model": model,
+        "model_id": HF_NAMES.get(model, model),
+        "dataset": dataset_name(dataset),
+        "dataset_source": str(dataset),
+        "num_samples": num_samples,
+        "generation": settings.to_dict(),
+        "quantize": quantize,
+        "num_layers": int(cfg.num_hidden_layers),
+        "num_heads": int(cfg.num_attention_heads),
+        "hidden_size": int(cfg.hidden_size),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    writer = TraceWriter(
+        out,
+        run_info,
+        shard_name=f"{model_slug(model)}_{dataset_name(dataset)}",
+        shard_size=shard_size,
+        dtype=dtype,
+        prefix_tokens=prefix,
+    )
+    pending = [p for p in prepared if p.example.id not in writer.done_ids]
+    processed = 0
+    bar = tqdm(
+        total=len(pending), desc=f"extract {dataset_name(dataset)}", unit="ex", disable=not progress
+    )
+    for start in range(0, len(pending), shard_size):
+        chunk = pending[start : start + shard_size]
+        encoded: dict[str, Any] = {}
+        for batch in iter_batches(chunk, settings.batch_size):
+            for p, trace in _capture_with_fallback(lm, batch, settings, writer):
+                if trace is not None:
+                    encoded[p.example.id] = writer.encode(
+                        trace.meta, trace.hidden_states.numpy(), trace.attentions.numpy()
+                    )
+            bar.update(len(batch))
+            bar.set_postfix(errors=writer.errors)
+        for p in chunk:  # dataset order inside a shard, whatever the batching
+            if p.example.id in encoded:
+                writer.append(encoded.pop(p.example.id))
+                processed += 1
+        writer.flush()
+    bar.close()
+    writer.close()
+    store = TraceStore(out)
+    shapes: dict[str, tuple[int, ...]] = {}
+    if len(store):
+        first = store[0]
+        shapes = {k: tuple(first[k].shape) for k in ("hidden_states", "attentions")}
+        shapes["tokens"] = (len(first["tokens"]),)
+    return ExtractSummary(
+        run_dir=Path(out),
+        processed=processed,
+        total=len(store),
+        errors=writer.errors,
+        shards_written=writer.shards_written,
+        sizes=store.disk_usage(),
+        first_shapes=shapes,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _capture_with_fallback(lm, batch, settings, writer):
+    """Capture a batch; if it fails, retry one example at a time and record the failures."""
+    if len(batch) > 1:
+        try:
+            return list(zip(batch, capture_batch(lm, batch, settings), strict=True))
+        except Exception:  # noqa: BLE001 - one bad example must not stop the run
+            pass
+    results = []
+    for p in batch:
+        try:
+            results.append((p, capture_batch(lm, [p], settings)[0]))
+        except Exception as err:  # noqa: BLE001
+            writer.add_error(p.example.id, f"{type(err).__name__}: {err}")
+            results.append((p, None))
+    return results

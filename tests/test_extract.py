@@ -1,0 +1,173 @@
+"""Capture correctness: stored traces must equal an independent forward pass over their tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hallugraph.datasets import Example
+from hallugraph.extract import GenerationSettings, capture_batch, prepare, shared_prefix_len
+from hallugraph.pipeline import run_extract
+from hallugraph.store import TraceStore
+
+QUESTIONS = [
+    "Who was the man behind The Chipmunks?",
+    "What star sign is Jamie Lee Curtis?",
+    "Which city is the capital of France?",
+    "Who jumps over the lazy dog?",
+    "What is 0123?",
+    "Which magazine was published in Philadelphia?",
+    "Who?",
+]
+
+
+def examples(n: int = len(QUESTIONS), context: bool = False) -> list[Example]:
+    ctx = "Arthur's Magazine was an American literary periodical published in Philadelphia."
+    return [
+        Example(id=f"q{i}", question=q, references=("x",), context=ctx if context else None)
+        for i, q in enumerate(QUESTIONS[:n])
+    ]
+
+
+def reference_forward(lm, tokens):
+    """An independent, unbatched, uncached fp32 forward pass over the stored tokens."""
+    with torch.no_grad():
+        out = lm.model(
+            input_ids=torch.tensor([tokens]), output_hidden_states=True, output_attentions=True
+        )
+    hs = torch.stack(out.hidden_states)[:, 0].numpy()
+    at = torch.stack(out.attentions)[:, 0].numpy()
+    logp = torch.log_softmax(out.logits[0].float(), -1)
+    return hs, at, logp
+
+
+def assert_trace_matches_forward(lm, trace, rtol=2e-3, atol=2e-3):
+    tokens = list(trace["tokens"])
+    hs, at, logp = reference_forward(lm, tokens)
+    assert trace["hidden_states"].shape == hs.shape
+    assert trace["attentions"].shape == at.shape
+    np.testing.assert_allclose(trace["hidden_states"].astype(np.float32), hs, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(trace["attentions"].astype(np.float32), at, rtol=rtol, atol=atol)
+    plen, n = trace["prompt_len"], trace["answer_len"]
+    assert plen + n == len(tokens)
+    answer = tokens[plen:]
+    ref_lp = logp[plen - 1 : plen - 1 + n].gather(-1, torch.tensor(answer)[:, None])[:, 0]
+    np.testing.assert_allclose(trace["token_logprobs"], ref_lp.numpy(), rtol=1e-3, atol=1e-4)
+    ref_ent = -(logp.exp() * logp).sum(-1)[plen - 1 : plen - 1 + n]
+    np.testing.assert_allclose(trace["token_entropy"], ref_ent.numpy(), rtol=1e-3, atol=1e-4)
+    tok = lm.tokenizer
+    assert trace["tokens_decoded"] == [tok.decode([t]) for t in tokens]
+    assert trace["generated_answer_clean"] == tok.decode(answer, skip_special_tokens=True).strip()
+
+
+def _eos_mid_sequence(lm, exs):
+    """Pick an EOS id that greedy decoding emits mid-answer for some examples, not all."""
+    prep = prepare(lm, exs)
+    gs = GenerationSettings(max_new_tokens=8, capture="forward")
+    traces = capture_batch(lm, prep, gs)
+    seen = [t.meta["tokens"][t.meta["prompt_len"] :] for t in traces]
+    for cand in seen[0][1:4]:
+        if sum(cand in s for s in seen) < len(seen):
+            return cand
+    pytest.skip("no suitable mid-answer token in this random model")
+
+
+@pytest.mark.parametrize("capture", ["incremental", "forward"])
+@pytest.mark.parametrize("context", [False, True])
+def test_stored_traces_equal_independent_forward(tiny_lm, tmp_path, capture, context, monkeypatch):
+    exs = examples(context=context)
+    eos = _eos_mid_sequence(tiny_lm, exs)
+    monkeypatch.setattr(
+        tiny_lm.model.generation_config, "eos_token_id", [tiny_lm.tokenizer.eos_token_id, eos]
+    )
+    gs = GenerationSettings(max_new_tokens=10, batch_size=4, capture=capture)
+    summary = run_extract(
+        model="tiny",
+        dataset="toy",
+        out=tmp_path / "run",
+        settings=gs,
+        shard_size=3,
+        lm=tiny_lm,
+        progress=False,
+        examples=exs,
+    )
+    assert summary.total == len(exs) and summary.errors == 0
+    store = TraceStore(tmp_path / "run")
+    lens = set()
+    for trace in store:
+        assert_trace_matches_forward(tiny_lm, trace)
+        lens.add(trace["answer_len"])
+        if context:
+            s, e = trace["context_span"]
+            text = tiny_lm.tokenizer.decode(trace["tokens"][s:e])
+            assert exs[0].context in text and len(text) < len(exs[0].context) + 4
+    assert len(lens) > 1, "expected both early-stopped and max-length answers"
+    assert store.info["prefix_len"] > 10  # the chat header + instruction is shared
+
+
+def test_incremental_and_forward_capture_agree(tiny_lm):
+    prep = prepare(tiny_lm, examples())
+    a = capture_batch(tiny_lm, prep, GenerationSettings(max_new_tokens=6, capture="incremental"))
+    b = capture_batch(tiny_lm, prep, GenerationSettings(max_new_tokens=6, capture="forward"))
+    for x, y in zip(a, b, strict=True):
+        assert x.meta["tokens"] == y.meta["tokens"]
+        torch.testing.assert_close(x.hidden_states, y.hidden_states, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(x.attentions, y.attentions, rtol=1e-4, atol=1e-4)
+
+
+def test_beam_search_path(tiny_lm, tmp_path):
+    exs = examples(4)
+    gs = GenerationSettings(max_new_tokens=6, num_beams=5, batch_size=4)
+    assert gs.capture_mode() == "forward"
+    run_extract(
+        model="tiny",
+        dataset="toy",
+        out=tmp_path / "r",
+        settings=gs,
+        lm=tiny_lm,
+        progress=False,
+        examples=exs,
+    )
+    store = TraceStore(tmp_path / "r")
+    for ex, trace in zip(exs, store, strict=True):
+        assert_trace_matches_forward(tiny_lm, trace)
+        # the answer is what unbatched beam search gives for this prompt
+        ids = torch.tensor([prepare(tiny_lm, [ex])[0].prompt_ids])
+        ref = tiny_lm.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            num_beams=5,
+            max_new_tokens=6,
+            do_sample=False,
+            early_stopping=True,
+            pad_token_id=tiny_lm.tokenizer.pad_token_id,
+        )[0, ids.shape[1] :].tolist()
+        got = trace["tokens"][trace["prompt_len"] :]
+        assert ref[: len(got)] == got
+
+
+def test_given_answers_are_teacher_forced(tiny_lm, tmp_path):
+    exs = [
+        Example(id=f"g{i}", question=q, references=(), answer=a)
+        for i, (q, a) in enumerate(
+            [("Who?", "David Seville"), ("What star sign?", "Scorpio, of course")]
+        )
+    ]
+    run_extract(
+        model="tiny", dataset="toy", out=tmp_path / "r", lm=tiny_lm, progress=False, examples=exs
+    )
+    store = TraceStore(tmp_path / "r")
+    for ex, trace in zip(exs, store, strict=True):
+        assert trace["answer_source"] == "given"
+        assert trace["generated_answer_clean"] == ex.answer
+        assert trace["tokens"][-1] == tiny_lm.tokenizer.eos_token_id
+        assert_trace_matches_forward(tiny_lm, trace)
+
+
+def test_shared_prefix_is_common_prompt_start(tiny_lm):
+    prep = prepare(tiny_lm, examples())
+    k = shared_prefix_len(prep)
+    assert k > 0
+    assert len({tuple(p.prompt_ids[:k]) for p in prep}) == 1
+    assert len({p.prompt_ids[k] for p in prep}) > 1

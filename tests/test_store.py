@@ -1,0 +1,180 @@
+"""The store: round trip, packing, resume after a kill, atomic shards, errors, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import hallugraph.store as store_mod
+from hallugraph.datasets import Example
+from hallugraph.extract import GenerationSettings
+from hallugraph.pipeline import run_extract
+from hallugraph.store import StoreError, TraceStore, TraceWriter, pack_tril, tril_size, unpack_tril
+
+QUESTIONS = [f"Question number {i} about Paris?" for i in range(7)]
+
+
+def toy(n=7):
+    return [Example(id=f"t{i}", question=q, references=()) for i, q in enumerate(QUESTIONS[:n])]
+
+
+def fake_trace(rng, S, L=2, heads=3, H=4, tokens=None):
+    attn = np.tril(rng.random((L, heads, S, S))).astype(np.float32)
+    attn /= attn.sum(-1, keepdims=True)
+    meta = {"question_id": f"id{S}", "tokens": tokens or list(range(S)), "seq_len": S}
+    return meta, rng.standard_normal((L + 1, S, H)).astype(np.float32), attn
+
+
+def test_pack_unpack_tril_roundtrip():
+    rng = np.random.default_rng(0)
+    a = np.tril(rng.random((2, 3, 5, 5)))
+    flat = pack_tril(a)
+    assert flat.shape == (2, 3, tril_size(5))
+    np.testing.assert_array_equal(unpack_tril(flat, 5), a)
+    # rows >= 3 are the tail of the flat layout
+    np.testing.assert_array_equal(pack_tril(a, start_row=3), flat[..., tril_size(3) :])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_writer_reader_roundtrip_with_shared_prefix(tmp_path, dtype):
+    rng = np.random.default_rng(1)
+    w = TraceWriter(
+        tmp_path,
+        {"model": "m"},
+        shard_name="m_d",
+        shard_size=2,
+        dtype=dtype,
+        prefix_tokens=[0, 1, 2],
+    )
+    originals = [fake_trace(rng, S) for S in (5, 7, 4)]
+    # the prefix rows are the same for every trace, as under a causal mask
+    for _meta, hs, at in originals[1:]:
+        hs[:, :3] = originals[0][1][:, :3]
+        at[..., :3, :3] = originals[0][2][..., :3, :3]
+    for t in originals:
+        w.add(*t)
+    w.close()
+    s = TraceStore(tmp_path)
+    assert len(s) == 3 and len(s.shards) == 2
+    assert s.shards[0] == "m_d_batch_0000.safetensors"
+    tol = 1e-3 if dtype == "float16" else 0
+    for (meta, hs, at), got in zip(originals, s, strict=True):
+        assert got["hidden_states"].dtype == np.dtype(dtype)
+        np.testing.assert_allclose(got["hidden_states"], hs, rtol=tol, atol=tol)
+        np.testing.assert_allclose(got["attentions"], at, rtol=tol, atol=tol)
+        assert got["question_id"] == meta["question_id"]
+    # random access equals streaming; only the asked-for tensors are read
+    np.testing.assert_array_equal(s[2]["attentions"], list(s)[2]["attentions"])
+    assert "attentions" not in s.get(0, fields=["hidden_states"])
+    with pytest.raises(IndexError):
+        s[3]
+
+
+def test_trace_must_start_with_prefix(tmp_path):
+    rng = np.random.default_rng(2)
+    w = TraceWriter(tmp_path, {}, shard_name="x", prefix_tokens=[9, 9])
+    with pytest.raises(StoreError, match="shared prefix"):
+        w.add(*fake_trace(rng, 4))
+
+
+def test_no_pickle_files(tmp_path, tiny_lm):
+    run_extract(
+        model="tiny",
+        dataset="toy",
+        out=tmp_path,
+        lm=tiny_lm,
+        progress=False,
+        examples=toy(3),
+        settings=GenerationSettings(max_new_tokens=3),
+    )
+    suffixes = {p.suffix for p in tmp_path.rglob("*") if p.is_file()}
+    assert suffixes <= {".json", ".jsonl", ".safetensors"}
+
+
+def _run(tiny_lm, out, **kw):
+    return run_extract(
+        model="tiny",
+        dataset="toy",
+        out=out,
+        lm=tiny_lm,
+        progress=False,
+        examples=toy(),
+        settings=GenerationSettings(max_new_tokens=5, batch_size=2),
+        shard_size=2,
+        **kw,
+    )
+
+
+def _manifest(path):
+    return [json.loads(line) for line in (path / "manifest.jsonl").read_text().splitlines()]
+
+
+def test_resume_after_kill_gives_same_manifest(tiny_lm, tmp_path, monkeypatch):
+    _run(tiny_lm, tmp_path / "full")
+    real_save = store_mod._atomic_save
+    calls = {"n": 0}
+
+    def killed_on_third_shard(tensors, path, metadata=None):
+        if "batch_0002" in path.name:
+            # die half-way through writing: a partial temporary file, then the process stops
+            path.with_name(path.name + ".tmp").write_bytes(b"partial")
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real_save(tensors, path, metadata)
+
+    monkeypatch.setattr(store_mod, "_atomic_save", killed_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_lm, tmp_path / "killed")
+    killed = tmp_path / "killed"
+    assert len(_manifest(killed)) == 4  # two whole shards are published, nothing else
+    assert not (killed / "shards" / "tiny_toy_batch_0002.safetensors").exists()
+    monkeypatch.setattr(store_mod, "_atomic_save", real_save)
+    summary = _run(tiny_lm, killed)
+    assert summary.processed == 3 and summary.total == 7
+    assert _manifest(killed) == _manifest(tmp_path / "full")
+    full, resumed = TraceStore(tmp_path / "full"), TraceStore(killed)
+    for a, b in zip(full, resumed, strict=True):
+        np.testing.assert_array_equal(a["attentions"], b["attentions"])
+    # a second re-run has nothing left to do
+    assert _run(tiny_lm, killed).processed == 0
+
+
+def test_resume_with_other_arguments_is_refused(tiny_lm, tmp_path):
+    _run(tiny_lm, tmp_path)
+    with pytest.raises(StoreError, match="other arguments"):
+        run_extract(
+            model="tiny",
+            dataset="toy",
+            out=tmp_path,
+            lm=tiny_lm,
+            progress=False,
+            examples=toy(),
+            settings=GenerationSettings(max_new_tokens=9),
+            shard_size=2,
+        )
+
+
+def test_one_bad_example_is_counted_not_fatal(tiny_lm, tmp_path, monkeypatch):
+    import hallugraph.pipeline as pipe
+
+    real = pipe.capture_batch
+
+    def flaky(lm, batch, gs):
+        if any(p.example.id == "t3" for p in batch):
+            raise RuntimeError("boom on t3")
+        return real(lm, batch, gs)
+
+    monkeypatch.setattr(pipe, "capture_batch", flaky)
+    summary = _run(tiny_lm, tmp_path)
+    assert summary.errors == 1 and summary.total == 6
+    err = [json.loads(x) for x in (tmp_path / "errors.jsonl").read_text().splitlines()]
+    assert err == [{"question_id": "t3", "error": "RuntimeError: boom on t3"}]
+    monkeypatch.setattr(pipe, "capture_batch", real)
+    assert _run(tiny_lm, tmp_path).processed == 1  # retried on resume
+
+
+def test_not_a_run_dir(tmp_path):
+    with pytest.raises(StoreError, match="not a hallugraph run"):
+        TraceStore(tmp_path)
