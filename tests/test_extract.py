@@ -73,15 +73,20 @@ def _eos_mid_sequence(lm, exs):
     pytest.skip("no suitable mid-answer token in this random model")
 
 
-@pytest.mark.parametrize("capture", ["incremental", "forward"])
+MODES = [("incremental", "hallugraph"), ("incremental", "transformers"), ("forward", "auto")]
+
+
+@pytest.mark.parametrize("capture,decoder", MODES)
 @pytest.mark.parametrize("context", [False, True])
-def test_stored_traces_equal_independent_forward(tiny_lm, tmp_path, capture, context, monkeypatch):
+def test_stored_traces_equal_independent_forward(
+    tiny_lm, tmp_path, capture, decoder, context, monkeypatch
+):
     exs = examples(context=context)
     eos = _eos_mid_sequence(tiny_lm, exs)
     monkeypatch.setattr(
         tiny_lm.model.generation_config, "eos_token_id", [tiny_lm.tokenizer.eos_token_id, eos]
     )
-    gs = GenerationSettings(max_new_tokens=10, batch_size=4, capture=capture)
+    gs = GenerationSettings(max_new_tokens=10, batch_size=4, capture=capture, decoder=decoder)
     summary = run_extract(
         model="tiny",
         dataset="toy",
@@ -106,14 +111,26 @@ def test_stored_traces_equal_independent_forward(tiny_lm, tmp_path, capture, con
     assert store.info["prefix_len"] > 10  # the chat header + instruction is shared
 
 
-def test_incremental_and_forward_capture_agree(tiny_lm):
+def test_all_capture_modes_agree(tiny_lm):
     prep = prepare(tiny_lm, examples())
-    a = capture_batch(tiny_lm, prep, GenerationSettings(max_new_tokens=6, capture="incremental"))
-    b = capture_batch(tiny_lm, prep, GenerationSettings(max_new_tokens=6, capture="forward"))
-    for x, y in zip(a, b, strict=True):
-        assert x.meta["tokens"] == y.meta["tokens"]
-        torch.testing.assert_close(x.hidden_states, y.hidden_states, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(x.attentions, y.attentions, rtol=1e-4, atol=1e-4)
+    prefix = prep[0].prompt_ids[: shared_prefix_len(prep)]
+    runs = [
+        capture_batch(
+            tiny_lm, prep, GenerationSettings(max_new_tokens=6, capture=c, decoder=d), prefix
+        )
+        for c, d in MODES
+    ]
+    for a, b in zip(runs[0], runs[1], strict=True):
+        assert a.meta["tokens"] == b.meta["tokens"]
+    for other in runs[1:]:
+        for x, y in zip(runs[0], other, strict=True):
+            assert x.meta["tokens"] == y.meta["tokens"]
+            (xh, xa), (yh, ya) = x.full(), y.full()
+            torch.testing.assert_close(xh, yh, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(xa, ya, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(
+                x.meta["token_logprobs"], y.meta["token_logprobs"], atol=1e-4
+            )
 
 
 def test_beam_search_path(tiny_lm, tmp_path):

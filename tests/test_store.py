@@ -161,10 +161,10 @@ def test_one_bad_example_is_counted_not_fatal(tiny_lm, tmp_path, monkeypatch):
 
     real = pipe.capture_batch
 
-    def flaky(lm, batch, gs):
+    def flaky(lm, batch, gs, prefix=()):
         if any(p.example.id == "t3" for p in batch):
             raise RuntimeError("boom on t3")
-        return real(lm, batch, gs)
+        return real(lm, batch, gs, prefix)
 
     monkeypatch.setattr(pipe, "capture_batch", flaky)
     summary = _run(tiny_lm, tmp_path)

@@ -28,7 +28,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=int, default=None, help="first N examples (default: all)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-beams", type=int, default=1, help="1 = greedy (default); the seed used 5")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument(

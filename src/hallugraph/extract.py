@@ -23,12 +23,13 @@ Two capture modes give the same photo (tests check both against an independent f
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from hallugraph.datasets import Example, build_prompt
+from hallugraph.decoding import PrefixDecoder, supports
 from hallugraph.models import LoadedModel, render_prompt
 
 
@@ -39,10 +40,13 @@ class GenerationSettings:
     max_new_tokens: int = 64
     num_beams: int = 1
     early_stopping: bool = True
-    batch_size: int = 16
+    batch_size: int = 32
     capture: str = "auto"
     """``auto`` (incremental for greedy, forward otherwise), ``incremental`` or ``forward``."""
     template: str | None = None
+    decoder: str = "auto"
+    """Greedy incremental decoding by ``hallugraph``'s prefix-cached decoder (Llama family;
+    ``auto`` picks it when it supports the model) or by ``transformers``' ``generate``."""
 
     def capture_mode(self) -> str:
         if self.capture == "auto":
@@ -51,6 +55,8 @@ class GenerationSettings:
             raise ValueError("incremental capture needs greedy decoding (--num-beams 1)")
         if self.capture not in ("incremental", "forward"):
             raise ValueError(f"unknown capture mode {self.capture!r}")
+        if self.decoder not in ("auto", "hallugraph", "transformers"):
+            raise ValueError(f"unknown decoder {self.decoder!r}")
         return self.capture
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,14 +77,42 @@ class Prepared:
 
 @dataclass
 class Trace:
-    """One captured trace: metadata plus full-precision tensors of the whole sequence."""
+    """One captured trace: metadata plus fp32 tensors of rows ``row_start..S-1``.
+
+    Rows before ``row_start`` (a prompt prefix shared by every trace) live in
+    ``prefix_hidden``/``prefix_attentions``; :meth:`full` puts the whole photo back together.
+    """
 
     meta: dict[str, Any]
     hidden_states: torch.Tensor
-    """``[num_layers + 1, seq, hidden]`` (index 0 = embeddings, last = after the final norm)."""
+    """``[num_layers + 1, S - row_start, hidden]`` (index 0 = embeddings, last = after the
+    final norm)."""
     attentions: torch.Tensor
-    """``[num_layers, heads, seq, seq]``, zero above the diagonal."""
-    extra: dict[str, Any] = field(default_factory=dict)
+    """Lower-triangular attention rows ``row_start..S-1``, packed row-major:
+    ``[num_layers, heads, S(S+1)/2 - row_start(row_start+1)/2]``."""
+    row_start: int = 0
+    prefix_hidden: torch.Tensor | None = None
+    prefix_attentions: torch.Tensor | None = None
+
+    def full(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole sequence: ``hidden_states [L+1, S, H]``, ``attentions [L, heads, S, S]``."""
+        hidden, packed = self.hidden_states, self.attentions
+        if self.row_start:
+            hidden = torch.cat([self.prefix_hidden, hidden], dim=1)
+            packed = torch.cat([self.prefix_attentions, packed], dim=-1)
+        S = hidden.shape[1]
+        r, c = torch.tril_indices(S, S)
+        attn = torch.zeros(packed.shape[:-1] + (S, S), dtype=packed.dtype)
+        attn[..., r, c] = packed
+        return hidden, attn
+
+
+def pack_rows(attn: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Rows ``start..S-1`` of the lower triangle of ``[..., S, S]``, flattened row-major."""
+    S = attn.shape[-1]
+    r, c = torch.tril_indices(S, S)
+    keep = r >= start
+    return attn[..., r[keep], c[keep]]
 
 
 def prepare(
@@ -226,7 +260,8 @@ def _capture_incremental(
             attn[:, :, plen + t, : plen + t + 1] = at_steps[t][:, b, :, start : P + t + 1]
         logits = torch.stack([out.logits[t][b] for t in range(n)])
         lp, ent = _token_stats(logits, torch.tensor(ans))
-        traces.append(_make_trace(lm, p, ans, finished, hidden, attn, lp, ent, "generated"))
+        packed = pack_rows(attn)
+        traces.append(_make_trace(lm, p, ans, finished, hidden, packed, lp, ent, "generated"))
     return traces
 
 
@@ -260,11 +295,14 @@ def _capture_forward(
         # logits at position i predict token i + 1: the answer's tokens come from plen-1..S-2
         logits = lm.model.lm_head(hidden[-1, plen - 1 : S - 1])
         lp, ent = _token_stats(logits, torch.tensor(ans, device=logits.device))
-        traces.append(_make_trace(lm, p, ans, finished, hidden, attn, lp, ent, source))
+        packed = pack_rows(attn)
+        traces.append(_make_trace(lm, p, ans, finished, hidden, packed, lp, ent, source))
     return traces
 
 
-def _make_trace(lm, p: Prepared, ans, finished, hidden, attn, lp, ent, source: str) -> Trace:
+def _make_trace(
+    lm, p: Prepared, ans, finished, hidden, packed, lp, ent, source: str, **rows: Any
+) -> Trace:
     tok = lm.tokenizer
     tokens = p.prompt_ids + list(ans)
     ex = p.example
@@ -288,14 +326,49 @@ def _make_trace(lm, p: Prepared, ans, finished, hidden, attn, lp, ent, source: s
         "token_entropy": ent,
         "example_meta": dict(ex.meta),
     }
-    return Trace(meta, hidden.detach().float().cpu(), attn.detach().float().cpu())
+    return Trace(meta, hidden.detach().float().cpu(), packed.detach().float().cpu(), **rows)
+
+
+def _capture_decoder(
+    lm: LoadedModel, batch: Sequence[Prepared], gs: GenerationSettings, prefix: Sequence[int]
+) -> list[Trace]:
+    cache = lm.__dict__.setdefault("_decoders", {})
+    key = tuple(prefix)
+    if key not in cache:
+        cache.clear()
+        cache[key] = PrefixDecoder(lm.model, prefix)
+    decoded = cache[key].decode(
+        [p.prompt_ids for p in batch], gs.max_new_tokens, _eos_ids(lm), lm.tokenizer.pad_token_id
+    )
+    dec = cache[key]
+    return [
+        _make_trace(
+            lm,
+            p,
+            d.answer,
+            d.finished,
+            d.hidden_states,
+            d.attentions,
+            d.logprobs,
+            d.entropy,
+            "generated",
+            row_start=dec.p,
+            prefix_hidden=dec.prefix_hidden,
+            prefix_attentions=dec.prefix_attn_packed,
+        )
+        for p, d in zip(batch, decoded, strict=True)
+    ]
 
 
 @torch.inference_mode()
 def capture_batch(
-    lm: LoadedModel, batch: Sequence[Prepared], gs: GenerationSettings
+    lm: LoadedModel, batch: Sequence[Prepared], gs: GenerationSettings, prefix: Sequence[int] = ()
 ) -> list[Trace]:
-    """Answer (or teacher-force the given answers of) one batch and capture its traces."""
+    """Answer (or teacher-force the given answers of) one batch and capture its traces.
+
+    ``prefix`` is the token prefix every prompt of the run shares; the prefix-cached decoder
+    computes it once.
+    """
     forced = [p.answer_ids is not None for p in batch]
     if any(forced) and not all(forced):
         raise ValueError("a batch mixes given answers and generated ones")
@@ -303,6 +376,12 @@ def capture_batch(
         answers = [_cut_at_eos(list(p.answer_ids or []), set(_eos_ids(lm))) for p in batch]
         return _capture_forward(lm, batch, answers, "given")
     if gs.capture_mode() == "incremental":
+        use_ours = gs.decoder == "hallugraph" or (gs.decoder == "auto" and supports(lm.model))
+        if use_ours:
+            p = len(prefix)
+            if any(len(b.prompt_ids) <= p or b.prompt_ids[:p] != list(prefix) for b in batch):
+                prefix = ()
+            return _capture_decoder(lm, batch, gs, prefix)
         return _capture_incremental(lm, batch, gs)
     ids, _, out = _generate(lm, batch, gs, capture=False)
     eos = set(_eos_ids(lm))

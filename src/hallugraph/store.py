@@ -156,40 +156,52 @@ class TraceWriter:
     def add(
         self, meta: Mapping[str, Any], hidden_states: np.ndarray, attentions: np.ndarray
     ) -> None:
-        """Buffer one trace (full arrays ``[L+1, S, H]`` and ``[L, heads, S, S]``)."""
-        self.append(self.encode(meta, hidden_states, attentions))
+        """Buffer one trace given as full arrays ``[L+1, S, H]`` and ``[L, heads, S, S]``."""
+        self.append(self.encode(meta, hidden_states, pack_tril(attentions)))
 
     def encode(
-        self, meta: Mapping[str, Any], hidden_states: np.ndarray, attentions: np.ndarray
+        self,
+        meta: Mapping[str, Any],
+        hidden_states: np.ndarray,
+        attentions: np.ndarray,
+        row_start: int = 0,
+        prefix: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Compact one trace for storage (drop the shared prefix rows, pack, cast)."""
+        """Compact one trace for storage: drop the shared prefix rows, cast.
+
+        ``hidden_states [L+1, S-row_start, H]`` and packed lower-triangle ``attentions`` hold
+        rows ``row_start..S-1``; ``prefix`` = (hidden, packed attention) of rows
+        ``0..row_start-1``, needed when ``row_start`` is not the run's prefix length or the
+        shared file is not written yet.
+        """
         p = len(self.prefix_tokens)
-        tokens = list(meta["tokens"])
-        if tokens[:p] != self.prefix_tokens:
-            raise StoreError(
-                f"trace {meta['question_id']} does not start with the run's shared prefix"
-            )
+        qid = meta["question_id"]
+        if list(meta["tokens"])[:p] != self.prefix_tokens:
+            raise StoreError(f"trace {qid} does not start with the run's shared prefix")
+        if row_start and (row_start != p or not self._shared_ready):
+            if prefix is None:
+                raise StoreError(f"rows 0..{row_start - 1} of trace {qid} are missing")
+            hidden_states = np.concatenate([prefix[0], hidden_states], axis=1)
+            attentions = np.concatenate([prefix[1], attentions], axis=-1)
+            row_start = 0
         if not self._shared_ready and p:
             _atomic_save(
                 {
-                    "prefix.hidden_states": np.ascontiguousarray(
-                        hidden_states[:, :p].astype(self.dtype)
-                    ),
-                    "prefix.attentions": np.ascontiguousarray(
-                        pack_tril(attentions[..., :p, :p]).astype(self.dtype)
-                    ),
+                    "prefix.hidden_states": self._cast(hidden_states[:, :p]),
+                    "prefix.attentions": self._cast(attentions[..., : tril_size(p)]),
                     "prefix.tokens": np.asarray(self.prefix_tokens, dtype=np.int64),
                 },
                 self.dir / SHARED,
             )
             self._shared_ready = True
         tensors = {
-            "hidden_states": np.ascontiguousarray(hidden_states[:, p:].astype(self.dtype)),
-            "attentions": np.ascontiguousarray(
-                pack_tril(attentions, start_row=p).astype(self.dtype)
-            ),
+            "hidden_states": self._cast(hidden_states[:, p - row_start :]),
+            "attentions": self._cast(attentions[..., tril_size(p) - tril_size(row_start) :]),
         }
         return dict(meta), tensors
+
+    def _cast(self, a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a.astype(self.dtype, copy=False))
 
     def append(self, encoded: tuple[dict[str, Any], dict[str, np.ndarray]]) -> None:
         """Buffer one encoded trace; a full buffer is written as a shard."""

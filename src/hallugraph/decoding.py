@@ -1,0 +1,254 @@
+"""A greedy decoder for Llama-family models that keeps every row it computes.
+
+Why a decoder of our own: on a CPU, ``generate`` then a second capture pass costs about twice
+the generation, and even capturing from ``generate``'s own outputs pays for ``transformers``'
+eager attention (it copies the KV cache once per step to repeat it over the query heads) and
+for finished sequences that keep being decoded until the longest one ends. This decoder:
+
+* computes the prompt prefix that every prompt of a run shares (chat header, instruction) ONCE,
+  and starts every batch from its KV cache;
+* runs grouped-query attention without copying keys and values;
+* drops a sequence from the batch as soon as its final token has been fed;
+* records, as it goes, each position's hidden states (every layer) and attention row (every
+  layer and head), plus the log-prob and entropy of each chosen token.
+
+It reads the weights of the ``transformers`` model in place (``embed_tokens``, each layer's
+``input_layernorm``, ``q/k/v/o_proj`` (+ Qwen3's ``q_norm``/``k_norm``),
+``post_attention_layernorm``, ``mlp``, the final ``norm``, ``lm_head``) and uses its rotary
+embedding, so it computes the same function; tests compare its traces with an independent
+``transformers`` forward pass. Other architectures fall back to ``generate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def supports(model: Any) -> bool:
+    """Whether :class:`PrefixDecoder` can run this model."""
+    quantized = getattr(model, "quantization_config", None) is not None
+    return model.config.model_type in SUPPORTED_MODEL_TYPES and not quantized
+
+
+@dataclass
+class _Row:
+    """What is collected for one sequence while it decodes."""
+
+    index: int
+    suffix: list[int]
+    answer: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    entropy: list[float] = field(default_factory=list)
+    hidden: list[torch.Tensor] = field(default_factory=list)  # each [L+1, n, H]
+    attn: list[torch.Tensor] = field(default_factory=list)  # each [L, heads, n, keys]
+    finished: bool = False
+
+
+@dataclass
+class Decoded:
+    """One decoded sequence: its rows after the prefix, and answer statistics."""
+
+    answer: list[int]
+    finished: bool
+    hidden_states: torch.Tensor  # [L+1, S-p, H]
+    attentions: torch.Tensor  # packed lower-triangle rows p..S-1: [L, heads, n]
+    logprobs: list[float]
+    entropy: list[float]
+
+
+class PrefixDecoder:
+    """Greedy decoding with capture, from a shared prompt prefix computed once."""
+
+    def __init__(self, model: Any, prefix: Sequence[int]) -> None:
+        self.model = model
+        self.base = model.model
+        cfg = model.config
+        self.L = cfg.num_hidden_layers
+        self.Hq = cfg.num_attention_heads
+        self.Hkv = getattr(cfg, "num_key_value_heads", None) or self.Hq
+        self.D = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.Hq
+        self.scaling = self.D**-0.5
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.prefix = [int(t) for t in prefix]
+        self.p = len(self.prefix)
+        self.prefix_hidden: torch.Tensor | None = None
+        self.prefix_attn_packed: torch.Tensor | None = None
+        self.prefix_kv: torch.Tensor | None = None
+        if self.p:
+            ids = torch.tensor([self.prefix], device=self.device)
+            pos = torch.arange(self.p, device=self.device)[None]
+            mask = torch.ones((1, self.p), dtype=torch.bool, device=self.device)
+            kv = self._new_cache(1, self.p)
+            hs, at = self._forward(ids, pos, kv, 0, mask)
+            self.prefix_hidden = hs[:, 0].float().cpu()
+            r, c = torch.tril_indices(self.p, self.p)
+            self.prefix_attn_packed = at[:, 0][..., r, c].float().cpu()
+            self.prefix_kv = kv
+
+    def _new_cache(self, batch: int, length: int) -> torch.Tensor:
+        """Keys and values of every layer: ``[L, 2, batch, kv_heads, length, head_dim]``."""
+        shape = (self.L, 2, batch, self.Hkv, length, self.D)
+        return torch.empty(shape, dtype=self.dtype, device=self.device)  # filled before read
+
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        kv: torch.Tensor,
+        T: int,
+        key_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``ids [B, n]`` at positions ``pos`` after the ``T`` keys cached in ``kv``.
+
+        Writes the new keys/values into ``kv[..., T:T+n, :]`` in place. ``key_mask [B, T+n]``
+        marks real (non-pad) keys. Returns hidden states ``[L+1, B, n, H]`` (transformers'
+        convention: the last one after the final norm) and attention ``[L, B, heads, n, T+n]``.
+        """
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        B, n = ids.shape
+        h = self.base.embed_tokens(ids)
+        cos, sin = self.base.rotary_emb(h, pos)
+        causal = torch.ones((n, T + n), dtype=torch.bool, device=self.device).tril(T)
+        allowed = causal[None] & key_mask[:, None, :]  # [B, n, T+n]
+        bias = torch.zeros(allowed.shape, dtype=torch.float32, device=self.device)
+        bias.masked_fill_(~allowed, torch.finfo(torch.float32).min)
+        bias = bias[:, None]  # [B, 1, n, T+n]
+        G = self.Hq // self.Hkv
+        hiddens = [h]
+        attns = []
+        for i, layer in enumerate(self.base.layers):
+            att = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = att.q_proj(x).view(B, n, self.Hq, self.D)
+            k = att.k_proj(x).view(B, n, self.Hkv, self.D)
+            v = att.v_proj(x).view(B, n, self.Hkv, self.D).transpose(1, 2)
+            if hasattr(att, "q_norm"):
+                q, k = att.q_norm(q), att.k_norm(k)
+            q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+            kv[i, 0, :, :, T : T + n] = k
+            kv[i, 1, :, :, T : T + n] = v
+            K, V = kv[i, 0, :, :, : T + n], kv[i, 1, :, :, : T + n]
+            # grouped-query attention without repeating K/V: query head h uses kv head h // G
+            qg = q.reshape(B, self.Hkv, G * n, self.D)
+            scores = torch.matmul(qg, K.transpose(-1, -2)).view(B, self.Hq, n, T + n)
+            scores = scores.float() * self.scaling + bias
+            probs = torch.softmax(scores, dim=-1)
+            attns.append(probs)
+            out = torch.matmul(probs.to(V.dtype).view(B, self.Hkv, G * n, T + n), V)
+            out = out.view(B, self.Hq, n, self.D).transpose(1, 2).reshape(B, n, self.Hq * self.D)
+            h = h + att.o_proj(out)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            hiddens.append(h)
+        hiddens[-1] = self.base.norm(h)
+        return torch.stack(hiddens), torch.stack(attns)
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        eos_ids: Sequence[int],
+        pad_id: int,
+        record: bool = True,
+    ) -> list[Decoded]:
+        """Greedy-decode each prompt (all start with the prefix) and capture its trace.
+
+        ``record=False`` decodes without keeping any row (benchmarks use it to price capture).
+        """
+        p = self.p
+        for ids in prompts:
+            if list(ids[:p]) != self.prefix or len(ids) <= p:
+                raise ValueError(
+                    "every prompt must start with the decoder's prefix and go beyond it"
+                )
+        rows = [_Row(i, list(ids[p:])) for i, ids in enumerate(prompts)]
+        eos = set(int(e) for e in eos_ids)
+        B = len(rows)
+        width = max(len(r.suffix) for r in rows)
+        ids = torch.full((B, width), pad_id, dtype=torch.long)
+        pos = torch.full((B, width), p, dtype=torch.long)
+        key_mask = torch.zeros((B, p + width), dtype=torch.bool)
+        key_mask[:, :p] = True
+        for b, r in enumerate(rows):
+            s = len(r.suffix)
+            ids[b, width - s :] = torch.tensor(r.suffix)
+            pos[b, width - s :] = torch.arange(p, p + s)
+            key_mask[b, p + width - s :] = True
+        ids, pos, key_mask = ids.to(self.device), pos.to(self.device), key_mask.to(self.device)
+        kv = self._new_cache(B, p + width + max_new_tokens + 1)
+        if self.prefix_kv is not None:
+            kv[..., :p, :] = self.prefix_kv
+        hs, at = self._forward(ids, pos, kv, p, key_mask)
+        T = p + width
+        for b, r in enumerate(rows):
+            if record:
+                s = len(r.suffix)
+                r.hidden.append(hs[:, b, width - s :])
+                block = at[:, b, :, width - s :][..., key_mask[b]]  # [L, heads, s, p+s]
+                r.attn.extend(block[:, :, i, : p + i + 1] for i in range(s))
+        next_pos = pos[:, -1] + 1
+        chosen = self._choose(hs[-1][:, -1], rows)
+        slots: list[int | None] = list(range(B))  # batch slot -> row (None: finished)
+        while True:
+            x = torch.tensor(chosen, device=self.device)[:, None]
+            ones = torch.ones((len(slots), 1), dtype=torch.bool, device=self.device)
+            key_mask = torch.cat([key_mask, ones], 1)
+            hs, at = self._forward(x, next_pos[:, None], kv, T, key_mask)
+            T += 1
+            for slot, b in enumerate(slots):
+                if b is None:
+                    continue
+                r = rows[b]
+                if record:
+                    r.hidden.append(hs[:, slot])
+                    r.attn.append(at[:, slot, :, 0][..., key_mask[slot]])
+                r.finished = chosen[slot] in eos
+                if r.finished or len(r.answer) >= max_new_tokens:
+                    slots[slot] = None
+            alive = [s for s, b in enumerate(slots) if b is not None]
+            if not alive:
+                break
+            if 4 * (len(slots) - len(alive)) >= len(slots):
+                # drop finished sequences; amortized, so the cache is copied only now and then
+                idx = torch.tensor(alive, dtype=torch.long, device=self.device)
+                compact = self._new_cache(len(alive), kv.shape[4])
+                compact[..., :T, :] = kv[..., :T, :].index_select(2, idx)
+                kv, key_mask, next_pos = compact, key_mask[idx], next_pos[idx]
+                hs = hs[:, idx]
+                slots = [slots[s] for s in alive]
+                alive = list(range(len(slots)))
+            next_pos = next_pos + 1
+            picked = self._choose(hs[-1][alive, 0], [rows[slots[s]] for s in alive])
+            chosen = [pad_id] * len(slots)
+            for s, t in zip(alive, picked, strict=True):
+                chosen[s] = t
+        if not record:
+            none = torch.empty(0)
+            return [Decoded(r.answer, r.finished, none, none, r.logprobs, r.entropy) for r in rows]
+        return [self._assemble(r) for r in rows]
+
+    def _choose(self, last_hidden: torch.Tensor, rows: Sequence[_Row]) -> list[int]:
+        """Greedy pick from the final-norm hidden state; record log-prob and entropy."""
+        logp = torch.log_softmax(self.model.lm_head(last_hidden).float(), dim=-1)
+        tok = logp.argmax(-1)
+        lp = logp.gather(-1, tok[:, None])[:, 0]
+        ent = -(logp.exp() * logp).sum(-1)
+        out = tok.tolist()
+        for r, t, a, e in zip(rows, out, lp.tolist(), ent.tolist(), strict=True):
+            r.answer.append(int(t))
+            r.logprobs.append(a)
+            r.entropy.append(e)
+        return out
+
+    def _assemble(self, r: _Row) -> Decoded:
+        hidden = torch.cat(r.hidden, dim=1).float().cpu()  # [L+1, S-p, H]
+        packed = torch.cat(r.attn, dim=-1).float().cpu()  # rows p..S-1, packed
+        return Decoded(r.answer, r.finished, hidden, packed, r.logprobs, r.entropy)
