@@ -24,6 +24,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
     )
+    p.add_argument(
+        "--model-dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="dtype the model computes in (auto: float32 on CPU, float16 on GPU)",
+    )
 
 
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
@@ -113,6 +119,7 @@ def _extract(args: argparse.Namespace, dataset: str, out: str, columns=None, lm=
         data_dir=args.data_dir,
         columns=columns,
         quantize=args.quantize,
+        model_dtype=args.model_dtype,
         device=args.device,
         lm=lm,
         progress=not args.no_progress,
@@ -164,7 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from hallugraph.models import load_model
 
-            lm = load_model(args.model, quantize=args.quantize, device=args.device)
+            lm = load_model(
+                args.model, quantize=args.quantize, device=args.device, dtype=args.model_dtype
+            )
             rc = 0
             for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
                 print(f"\n=== {name} ===")

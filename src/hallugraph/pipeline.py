@@ -94,6 +94,7 @@ def run_extract(
     data_dir: str | None = None,
     columns: Mapping[str, str] | None = None,
     quantize: str | None = None,
+    model_dtype: str = "auto",
     device: str | None = None,
     lm: LoadedModel | None = None,
     progress: bool = True,
@@ -116,7 +117,7 @@ def run_extract(
     if answers_from:
         examples = [replace(e, answer=answers_from.get(e.id, e.answer)) for e in examples]
     if lm is None:
-        lm = load_model(model, quantize=quantize, device=device)
+        lm = load_model(model, quantize=quantize, device=device, dtype=model_dtype)
     prepared = prepare(lm, examples, settings.template)
     prefix = prefix_tokens(lm, prepared, settings.template)
     cfg = lm.model.config
@@ -128,6 +129,7 @@ def run_extract(
         "num_samples": num_samples,
         "generation": settings.to_dict(),
         "quantize": quantize,
+        "model_dtype": str(next(lm.model.parameters()).dtype).replace("torch.", ""),
         "num_layers": int(cfg.num_hidden_layers),
         "num_heads": int(cfg.num_attention_heads),
         "hidden_size": int(cfg.hidden_size),
