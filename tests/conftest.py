@@ -80,3 +80,48 @@ def make_tiny_lm(seed: int = 0, layers: int = 2):
 @pytest.fixture(scope="session")
 def tiny_lm():
     return make_tiny_lm()
+
+
+TOY_QUESTIONS = [
+    f"{w} question number {i} about {t}?"
+    for i, (w, t) in enumerate(
+        [(w, t) for w in ("Who", "What", "Which", "Where") for t in ("Paris", "the fox", "Scorpio")]
+        * 2
+    )
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_lm):
+    """A labeled run of 24 traces from the tiny Llama (context included, labels alternate).
+
+    Tests must not modify it (copy it first with shutil.copytree when they need to).
+    """
+    import json
+
+    from hallugraph.datasets import Example
+    from hallugraph.extract import GenerationSettings
+    from hallugraph.pipeline import run_extract
+    from hallugraph.store import MANIFEST, _atomic_write_text, _read_manifest
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    ctx = "Arthur's Magazine was an American literary periodical published in Philadelphia."
+    exs = [
+        Example(id=f"toy{i:02d}", question=q, references=("Paris",), context=ctx)
+        for i, q in enumerate(TOY_QUESTIONS)
+    ]
+    run_extract(
+        model="tiny",
+        dataset="toy",
+        out=out,
+        lm=tiny_lm,
+        progress=False,
+        examples=exs,
+        shard_size=10,
+        settings=GenerationSettings(max_new_tokens=6, batch_size=8),
+    )
+    rows = _read_manifest(out)
+    for i, r in enumerate(rows):
+        r["label"] = i % 2
+    _atomic_write_text(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
+    return out

@@ -1,0 +1,208 @@
+"""Per-trace statistics, computed once and shared by every detector (lm-polygraph's idea).
+
+A *statistic* turns one trace (the dict of :class:`hallugraph.store.TraceStore`) into a
+fixed-shape array: e.g. the hidden state of the last answer token at every layer, the lookback
+ratio of every head, the top-k Laplacian eigenvalues of every attention map. Statistics are
+computed in ONE streaming pass over a run (one shard in memory at a time), for all requested
+statistics together, and cached beside the run in ``RUN/stats/<name>.safetensors``; a detector
+only ever sees the cached arrays.
+
+Adding a statistic: write a :class:`Statistic` subclass in a module of this package and
+decorate it with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+from tqdm.auto import tqdm
+
+from hallugraph.store import TraceStore
+
+STATS_DIR = "stats"
+
+
+class Statistic:
+    """One per-trace statistic. Subclasses set ``name``, ``fields`` and implement ``compute``."""
+
+    name: ClassVar[str]
+    fields: ClassVar[tuple[str, ...]] = ()
+    """Tensor fields the statistic reads (``hidden_states``, ``attentions``); empty when the
+    manifest row is enough."""
+    version: ClassVar[int] = 1
+    """Bump when the computation changes, so caches are recomputed."""
+
+    def params(self) -> dict[str, Any]:
+        """Parameters that change the result (part of the cache key)."""
+        return {}
+
+    def compute(self, trace: Mapping[str, Any], run_info: Mapping[str, Any]) -> np.ndarray:
+        """The statistic of one trace: a float array whose shape is the same for every trace
+        of a run."""
+        raise NotImplementedError
+
+
+STATISTICS: dict[str, type[Statistic]] = {}
+
+
+def register(cls: type[Statistic]) -> type[Statistic]:
+    """Class decorator: make a statistic available by its ``name``."""
+    if cls.name in STATISTICS and STATISTICS[cls.name] is not cls:
+        raise ValueError(f"statistic {cls.name!r} registered twice")
+    STATISTICS[cls.name] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    # importing the modules registers their statistics
+    from hallugraph.features import attention, hallushift, hidden, logits  # noqa: F401
+
+
+def get_statistic(name: str) -> Statistic:
+    _load_builtin()
+    if name not in STATISTICS:
+        raise KeyError(f"unknown statistic {name!r}; known: {', '.join(sorted(STATISTICS))}")
+    return STATISTICS[name]()
+
+
+def _cache_key(stat: Statistic, store: TraceStore) -> str:
+    ids = [r["question_id"] + "|" + str(r.get("shard")) for r in store.manifest]
+    payload = {
+        "name": stat.name,
+        "version": stat.version,
+        "params": stat.params(),
+        "traces": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cache_path(run_dir: Path, stat: Statistic) -> Path:
+    return run_dir / STATS_DIR / f"{stat.name}.safetensors"
+
+
+def _read_cache(path: Path, key: str) -> np.ndarray | None:
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="np") as fh:
+        if (fh.metadata() or {}).get("key") != key:
+            return None
+        return fh.get_tensor("values")
+
+
+def compute_stats(
+    run: str | os.PathLike[str] | TraceStore,
+    names: Iterable[str],
+    *,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Arrays ``[n_traces, ...]`` for each named statistic of a run, from cache when fresh.
+
+    Missing statistics are computed together in one streaming pass over the run, reading only
+    the tensor fields they need.
+    """
+    store = run if isinstance(run, TraceStore) else TraceStore(run)
+    stats = [get_statistic(n) for n in dict.fromkeys(names)]
+    out: dict[str, np.ndarray] = {}
+    todo: list[tuple[Statistic, str]] = []
+    for st in stats:
+        key = _cache_key(st, store)
+        cached = _read_cache(_cache_path(store.dir, st), key)
+        if cached is not None and len(cached) == len(store):
+            out[st.name] = cached
+        else:
+            todo.append((st, key))
+    if not todo:
+        return out
+    fields = sorted({f for st, _ in todo for f in st.fields})
+    values: dict[str, list[np.ndarray]] = {st.name: [] for st, _ in todo}
+    traces = store.iter(fields=fields) if fields else iter(store.manifest)
+    names_txt = ",".join(st.name for st, _ in todo)
+    for trace in tqdm(traces, total=len(store), desc=f"stats {names_txt}", disable=not progress):
+        for st, _ in todo:
+            values[st.name].append(np.asarray(st.compute(trace, store.info), dtype=np.float32))
+    (store.dir / STATS_DIR).mkdir(exist_ok=True)
+    for st, key in todo:
+        arr = np.stack(values[st.name]) if values[st.name] else np.zeros((0,), np.float32)
+        path = _cache_path(store.dir, st)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"values": arr}, str(tmp), metadata={"key": key, "name": st.name})
+        os.replace(tmp, path)
+        out[st.name] = arr
+    return out
+
+
+class FeatureTable:
+    """The traces a detector sees: manifest rows plus cached statistics, for one or more runs.
+
+    ``X.stat(name)`` gives ``[n, ...]`` for the selected traces (computed and cached on first
+    use); ``X.rows`` the manifest rows; ``X.labels`` the 0/1 labels (1 = hallucinated);
+    ``X.groups`` the question ids (for grouped splits); ``X[idx]`` a subset.
+    """
+
+    def __init__(self, runs: Sequence[str | os.PathLike[str]], progress: bool = False) -> None:
+        self.stores = [TraceStore(r) for r in runs]
+        self.progress = progress
+        self._index = np.array(
+            [(k, i) for k, s in enumerate(self.stores) for i in range(len(s))], dtype=np.int64
+        ).reshape(-1, 2)
+        self._cache: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def from_run(cls, run: str | os.PathLike[str], progress: bool = False) -> FeatureTable:
+        return cls([run], progress=progress)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, idx: Any) -> FeatureTable:
+        sub = object.__new__(FeatureTable)
+        sub.stores, sub.progress, sub._cache = self.stores, self.progress, self._cache
+        if not isinstance(idx, slice):
+            idx = np.asarray(idx)
+        sub._index = self._index[idx].reshape(-1, 2)
+        return sub
+
+    @property
+    def run_info(self) -> list[dict[str, Any]]:
+        return [s.info for s in self.stores]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.stores[k].manifest[i] for k, i in self._index]
+
+    @property
+    def labels(self) -> np.ndarray:
+        rows = self.rows
+        missing = sum("label" not in r for r in rows)
+        if missing:
+            raise ValueError(f"{missing} traces have no label: run `hallugraph label RUN` first")
+        return np.array([int(r["label"]) for r in rows], dtype=np.int64)
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Question ids: traces of one question (teacher-forced answers) share a group."""
+        return np.array(
+            [r.get("example_meta", {}).get("group", r["question_id"]) for r in self.rows]
+        )
+
+    def stat(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            parts = [compute_stats(s, [name], progress=self.progress)[name] for s in self.stores]
+            shapes = {p.shape[1:] for p in parts if len(p)}
+            if len(shapes) > 1:
+                raise ValueError(
+                    f"statistic {name!r} has different shapes across runs {shapes}: "
+                    "runs of different models cannot share a detector"
+                )
+            self._cache[name] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        full = self._cache[name]
+        offsets = np.cumsum([0] + [len(s) for s in self.stores])
+        return full[offsets[self._index[:, 0]] + self._index[:, 1]]
