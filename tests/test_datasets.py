@@ -58,7 +58,7 @@ def _write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 def test_registry_names() -> None:
-    assert set(DATASETS) == set(EXPECTED)
+    assert set(DATASETS) == set(EXPECTED) | {"halueval_qa_tf"}
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
@@ -458,3 +458,19 @@ def test_example_is_frozen_and_hashable() -> None:
     assert hash(e) == hash(dataclasses.replace(e, meta={"k": 2}))
     with pytest.raises(TypeError):
         Example(id="b", question="Q?", references="x")  # type: ignore[arg-type]
+
+
+def test_halueval_teacher_forced_expands_three_answers_per_question():
+    from hallugraph.config import data_dir
+
+    if not (data_dir() / "halueval_qa").is_dir():
+        pytest.skip("shared data not available")
+    base = load_dataset("halueval_qa", num_samples=2)
+    tf = load_dataset("halueval_qa_tf", num_samples=6)
+    assert [e.id for e in tf[:3]] == [f"{base[0].id}_{t}" for t in ("right", "hal1", "hal2")]
+    assert [e.meta["given_label"] for e in tf] == [0, 1, 1, 0, 1, 1]
+    assert tf[0].answer == base[0].references[0]
+    assert (tf[1].answer, tf[2].answer) == base[0].incorrect
+    assert {e.meta["group"] for e in tf[:3]} == {base[0].id}
+    assert all(e.context == base[0].context for e in tf[:3])
+    assert len(load_dataset("halueval_qa_tf")) == 1500

@@ -178,3 +178,20 @@ def test_one_bad_example_is_counted_not_fatal(tiny_lm, tmp_path, monkeypatch):
 def test_not_a_run_dir(tmp_path):
     with pytest.raises(StoreError, match="not a hallugraph run"):
         TraceStore(tmp_path)
+
+
+def test_keep_tensors_no_keeps_statistics_only(tiny_lm, tmp_path):
+    from hallugraph.features import compute_stats
+
+    _run(tiny_lm, tmp_path / "full")
+    _run(tiny_lm, tmp_path / "lean", keep_tensors=False)
+    lean = TraceStore(tmp_path / "lean")
+    assert not list((tmp_path / "lean" / "shards").glob("*.safetensors"))
+    assert (tmp_path / "lean" / "stats" / "logit").is_dir()
+    # statistics from the pruned run equal those computed from the full one
+    a = compute_stats(tmp_path / "full", ["logit"], progress=False)["logit"]
+    b = compute_stats(lean, ["logit"], progress=False)["logit"]
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(StoreError, match="not kept"):
+        lean[0]
+    assert lean.get(0, fields=())["question_id"] == "t0"

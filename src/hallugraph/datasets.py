@@ -18,7 +18,7 @@ import json
 import os
 import string
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -317,10 +317,32 @@ def load_halueval_qa(
     return _take(out, num_samples)
 
 
+def load_halueval_qa_teacher_forced(
+    data_dir: str | os.PathLike[str] | None = None, num_samples: int | None = None
+) -> list[Example]:
+    """HaluEval QA with given answers (1,500): per question its right answer and its two
+    hallucinated answers, each to be teacher-forced after context + question.
+
+    Ids are ``halueval_qa_{line:04d}_{right|hal1|hal2}``; ``meta`` holds ``given_label``
+    (0 = right answer, 1 = hallucinated) and ``group`` (the question's id, so that the three
+    answers of one question never fall in different splits). ``num_samples`` counts answers,
+    in file order (question 0's three answers first).
+    """
+    out: list[Example] = []
+    for ex in load_halueval_qa(data_dir):
+        given = [("right", ex.references[0], 0)]
+        given += [(f"hal{k + 1}", a, 1) for k, a in enumerate(ex.incorrect)]
+        for tag, answer, label in given:
+            meta = {**ex.meta, "given_label": label, "group": ex.id}
+            out.append(replace(ex, id=f"{ex.id}_{tag}", answer=answer, meta=meta))
+    return _take(out, num_samples)
+
+
 DATASETS: dict[str, Callable[..., list[Example]]] = {
     "triviaqa": load_triviaqa,
     "truthfulqa": load_truthfulqa,
     "halueval_qa": load_halueval_qa,
+    "halueval_qa_tf": load_halueval_qa_teacher_forced,
 }
 
 

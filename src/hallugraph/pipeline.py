@@ -100,12 +100,15 @@ def run_extract(
     progress: bool = True,
     answers_from: Mapping[str, str] | None = None,
     examples: Sequence[Example] | None = None,
+    keep_tensors: bool = True,
 ) -> ExtractSummary:
     """Answer ``num_samples`` questions of ``dataset`` and store their traces in ``out``.
 
     Re-running with the same arguments resumes an interrupted run. ``answers_from`` maps
     example ids to given answers that are teacher-forced instead of generated. ``examples``
-    replaces loading ``dataset`` (which then only names the run).
+    replaces loading ``dataset`` (which then only names the run). With ``keep_tensors=False``
+    every registered statistic is computed for each shard as soon as it is written, and the
+    shard's raw tensors are deleted (the manifest and the statistics stay).
     """
     t0 = time.perf_counter()
     settings = settings or GenerationSettings()
@@ -129,6 +132,7 @@ def run_extract(
         "num_samples": num_samples,
         "generation": settings.to_dict(),
         "quantize": quantize,
+        "keep_tensors": keep_tensors,
         "model_dtype": str(next(lm.model.parameters()).dtype).replace("torch.", ""),
         "num_layers": int(cfg.num_hidden_layers),
         "num_heads": int(cfg.num_attention_heads),
@@ -146,6 +150,11 @@ def run_extract(
     pending = [p for p in prepared if p.example.id not in writer.done_ids]
     tdtype = getattr(torch, dtype)
     processed = 0
+    pruned: list[str] = []
+    if not keep_tensors:  # a resumed run may hold shards written just before a kill
+        for shard in writer.shards_done:
+            if (Path(out) / "shards" / shard).exists():
+                _prune(Path(out), shard)
     bar = tqdm(
         total=len(pending), desc=f"extract {dataset_name(dataset)}", unit="ex", disable=not progress
     )
@@ -163,11 +172,15 @@ def run_extract(
                 writer.append(encoded.pop(p.example.id))
                 processed += 1
         writer.flush()
+        if not keep_tensors:
+            for shard in writer.shards_written[len(pruned) :]:
+                _prune(Path(out), shard)
+                pruned.append(shard)
     bar.close()
     writer.close()
     store = TraceStore(out)
     shapes: dict[str, tuple[int, ...]] = {}
-    if len(store):
+    if len(store) and keep_tensors:
         first = store[0]
         shapes = {k: tuple(first[k].shape) for k in ("hidden_states", "attentions")}
         shapes["tokens"] = (len(first["tokens"]),)
@@ -181,6 +194,14 @@ def run_extract(
         first_shapes=shapes,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _prune(run_dir: Path, shard: str) -> None:
+    """Compute every statistic of a freshly written shard, then delete its raw tensors."""
+    from hallugraph.features import all_statistics, compute_stats
+
+    compute_stats(run_dir, all_statistics(), shards=[shard], progress=False)
+    (run_dir / "shards" / shard).unlink()
 
 
 def _encode(writer: TraceWriter, trace, dtype) -> Any:

@@ -320,22 +320,41 @@ class TraceStore:
 
     def get(self, i: int, fields: Iterable[str] = TENSOR_FIELDS) -> dict[str, Any]:
         row = self.rows[i]
-        with safe_open(str(self.shard_path(row["shard"])), framework="np") as fh:
+        fields = tuple(fields)
+        if not fields:
+            return self._assemble(row, None, ())
+        with self._open(row["shard"]) as fh:
             return self._assemble(row, fh, fields)
+
+    def _open(self, shard: str) -> Any:
+        path = self.shard_path(shard)
+        if not path.exists():
+            raise StoreError(
+                f"the raw tensors of {path.name} were not kept (extracted with --keep-tensors no);"
+                " its statistics are in stats/. Re-extract with --keep-tensors yes for tensors."
+            )
+        return safe_open(str(path), framework="np")
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"trace index {i} out of range for a run of {len(self)} traces")
         return self.get(i % len(self))
 
-    def iter(self, fields: Iterable[str] = TENSOR_FIELDS) -> Iterator[dict[str, Any]]:
-        """Stream every trace, one shard open at a time."""
+    def iter(
+        self, fields: Iterable[str] = TENSOR_FIELDS, shards: Iterable[str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Stream every trace (of ``shards``, when given), one shard open at a time."""
         fields = tuple(fields)
+        wanted = set(shards) if shards is not None else None
         by_shard: dict[str, list[dict[str, Any]]] = {}
         for row in self.rows:
-            by_shard.setdefault(row["shard"], []).append(row)
+            if wanted is None or row["shard"] in wanted:
+                by_shard.setdefault(row["shard"], []).append(row)
         for name, rows in by_shard.items():
-            with safe_open(str(self.shard_path(name)), framework="np") as fh:
+            if not fields:
+                yield from (self._assemble(row, None, ()) for row in rows)
+                continue
+            with self._open(name) as fh:
                 for row in rows:
                     yield self._assemble(row, fh, fields)
 
@@ -344,7 +363,14 @@ class TraceStore:
 
     def disk_usage(self) -> dict[str, int]:
         """Bytes on disk per shard, plus ``shared`` and ``total`` (manifest included)."""
-        sizes = {name: self.shard_path(name).stat().st_size for name in self.shards}
+        sizes = {
+            name: self.shard_path(name).stat().st_size
+            for name in self.shards
+            if self.shard_path(name).exists()
+        }
+        stats = sum(p.stat().st_size for p in (self.dir / "stats").rglob("*") if p.is_file())
+        if stats:
+            sizes["stats"] = stats
         extra = sum(
             (self.dir / f).stat().st_size
             for f in (SHARED, MANIFEST, RUN_INFO)

@@ -73,19 +73,18 @@ def get_statistic(name: str) -> Statistic:
     return STATISTICS[name]()
 
 
-def _cache_key(stat: Statistic, store: TraceStore) -> str:
-    ids = [r["question_id"] + "|" + str(r.get("shard")) for r in store.manifest]
+def _cache_key(stat: Statistic, rows: Sequence[Mapping[str, Any]]) -> str:
     payload = {
         "name": stat.name,
         "version": stat.version,
         "params": stat.params(),
-        "traces": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+        "traces": hashlib.sha256("\n".join(r["question_id"] for r in rows).encode()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _cache_path(run_dir: Path, stat: Statistic) -> Path:
-    return run_dir / STATS_DIR / f"{stat.name}.safetensors"
+def _cache_path(run_dir: Path, stat: Statistic, shard: str) -> Path:
+    return run_dir / STATS_DIR / stat.name / shard
 
 
 def _read_cache(path: Path, key: str) -> np.ndarray | None:
@@ -102,41 +101,76 @@ def compute_stats(
     names: Iterable[str],
     *,
     progress: bool = True,
+    shards: Iterable[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Arrays ``[n_traces, ...]`` for each named statistic of a run, from cache when fresh.
 
-    Missing statistics are computed together in one streaming pass over the run, reading only
-    the tensor fields they need.
+    The cache lives in ``RUN/stats/<name>/<shard>``, one file per shard, so the raw tensors of
+    a shard can be deleted once its statistics exist (``--keep-tensors no``). Missing
+    statistics are computed together, one pass per shard, reading only the tensor fields they
+    need. ``shards`` restricts the work to those shards (and returns their rows only).
     """
     store = run if isinstance(run, TraceStore) else TraceStore(run)
     stats = [get_statistic(n) for n in dict.fromkeys(names)]
-    out: dict[str, np.ndarray] = {}
-    todo: list[tuple[Statistic, str]] = []
-    for st in stats:
-        key = _cache_key(st, store)
-        cached = _read_cache(_cache_path(store.dir, st), key)
-        if cached is not None and len(cached) == len(store):
-            out[st.name] = cached
+    wanted = set(shards) if shards is not None else None
+    by_shard: dict[str, list[dict[str, Any]]] = {}
+    for row in store.manifest:
+        if wanted is None or row["shard"] in wanted:
+            by_shard.setdefault(row["shard"], []).append(row)
+    parts: dict[str, list[np.ndarray]] = {st.name: [] for st in stats}
+    bar = tqdm(total=sum(map(len, by_shard.values())), desc="statistics", disable=not progress)
+    for shard, rows in by_shard.items():
+        todo = []
+        for st in stats:
+            key = _cache_key(st, rows)
+            cached = _read_cache(_cache_path(store.dir, st, shard), key)
+            if cached is not None and len(cached) == len(rows):
+                parts[st.name].append(cached)
+            else:
+                todo.append((st, key))
+        if todo:
+            computed = _compute_shard(store, shard, rows, todo, bar)
+            for st, _ in todo:
+                parts[st.name].append(computed[st.name])
         else:
-            todo.append((st, key))
-    if not todo:
-        return out
+            bar.update(len(rows))
+    bar.close()
+    return {
+        st.name: (np.concatenate(parts[st.name]) if parts[st.name] else np.zeros((0,), np.float32))
+        for st in stats
+    }
+
+
+def _compute_shard(store, shard, rows, todo, bar) -> dict[str, np.ndarray]:
     fields = sorted({f for st, _ in todo for f in st.fields})
+    if fields and not store.shard_path(shard).exists():
+        missing = ", ".join(st.name for st, _ in todo)
+        raise FileNotFoundError(
+            f"statistics {missing} need the raw tensors of {store.dir / shard}, which were not "
+            "kept; re-extract the run with --keep-tensors yes to compute new statistics"
+        )
     values: dict[str, list[np.ndarray]] = {st.name: [] for st, _ in todo}
-    traces = store.iter(fields=fields) if fields else iter(store.manifest)
-    names_txt = ",".join(st.name for st, _ in todo)
-    for trace in tqdm(traces, total=len(store), desc=f"stats {names_txt}", disable=not progress):
+    traces = store.iter(fields=fields, shards=[shard]) if fields else iter(rows)
+    for trace in traces:
         for st, _ in todo:
             values[st.name].append(np.asarray(st.compute(trace, store.info), dtype=np.float32))
-    (store.dir / STATS_DIR).mkdir(exist_ok=True)
+        bar.update(1)
+    out = {}
     for st, key in todo:
-        arr = np.stack(values[st.name]) if values[st.name] else np.zeros((0,), np.float32)
-        path = _cache_path(store.dir, st)
+        arr = np.stack(values[st.name])
+        path = _cache_path(store.dir, st, shard)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         save_file({"values": arr}, str(tmp), metadata={"key": key, "name": st.name})
         os.replace(tmp, path)
         out[st.name] = arr
     return out
+
+
+def all_statistics() -> list[str]:
+    """Names of every registered statistic."""
+    _load_builtin()
+    return sorted(STATISTICS)
 
 
 class FeatureTable:
