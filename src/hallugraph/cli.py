@@ -53,6 +53,12 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--template", default=None, help="prompt template with {question} (and {context})"
     )
+    p.add_argument(
+        "--keep-tensors",
+        choices=["yes", "no"],
+        default="yes",
+        help="no: compute every statistic per shard, then delete its raw tensors (saves disk)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -123,6 +129,7 @@ def _extract(args: argparse.Namespace, dataset: str, out: str, columns=None, lm=
         device=args.device,
         lm=lm,
         progress=not args.no_progress,
+        keep_tensors=args.keep_tensors == "yes",
     )
     print(summary.render())
     return 1 if summary.errors and not summary.total else 0
