@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 DEFAULT_RUNS = Path("runs")
-MAIN_DATASETS = ("triviaqa", "truthfulqa", "halueval_qa")
+MAIN_DATASETS = ("triviaqa", "truthfulqa", "halueval_qa_tf")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -86,6 +86,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="summarize a run directory")
     p.add_argument("run", help="run directory")
 
+    p = sub.add_parser("label", help="label every trace of a run (1 = hallucinated)")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument(
+        "--method",
+        choices=["rouge", "embedding"],
+        default="rouge",
+        help="TruthfulQA similarity (default: %(default)s)",
+    )
+    p.add_argument("--spot-check", type=int, default=20, help="random examples written for a human")
+
+    p = sub.add_parser("stats", help="compute (and cache) every statistic the detectors use")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--prune", action="store_true", help="then delete the raw tensors")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("evaluate", help="benchmark every detector on labeled runs")
+    p.add_argument("runs", nargs="+", help="labeled run directories (one per dataset)")
+    p.add_argument("--detectors", default=None, help="comma-separated names (default: all)")
+    p.add_argument("--out", default=None, help="folder for the table, CSV/JSON and ROC plots")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--no-transfer", action="store_true", help="skip cross-dataset transfer")
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser(
         "run", help="the main job: extract on the default model and data, then summarize"
     )
@@ -94,8 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--datasets", default=",".join(MAIN_DATASETS), help="comma-separated (default: %(default)s)"
     )
     p.add_argument("--out", default=str(DEFAULT_RUNS / "main"), help="parent folder of the runs")
+    p.add_argument("--detectors", default=None, help="comma-separated names (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=1000)
     _add_extract_args(p)
-    p.set_defaults(num_samples=100)
+    p.set_defaults(num_samples=300, keep_tensors="no")
     return parser
 
 
@@ -149,13 +176,81 @@ def _info(run: str) -> int:
     sizes = store.disk_usage()
     print(f"{len(store.shards)} shards, {sizes['total'] / 2**20:.2f} MB on disk")
     if len(store):
-        t = store[0]
-        print(
-            f"first trace {t['question_id']}: hidden_states {t['hidden_states'].shape}, "
-            f"attentions {t['attentions'].shape}, tokens {len(t['tokens'])}"
-        )
+        kept = store.shard_path(store.manifest[0]["shard"]).exists()
+        t = store.get(0, fields=("hidden_states", "attentions") if kept else ())
+        if kept:
+            print(
+                f"first trace {t['question_id']}: hidden_states {t['hidden_states'].shape}, "
+                f"attentions {t['attentions'].shape}, tokens {len(t['tokens'])}"
+            )
+        else:
+            print(f"raw tensors not kept; statistics in {Path(run) / 'stats'}")
         print(f"  Q: {t['question']}\n  A: {t['generated_answer_clean']}")
+        labels = [r["label"] for r in store.manifest if "label" in r]
+        if labels:
+            print(f"labels: {len(labels)}, hallucinated {100 * sum(labels) / len(labels):.1f} %")
     return 0
+
+
+def _label(runs: Sequence[str], method: str, spot_check: int) -> int:
+    from hallugraph.labels import label_run
+
+    for run in runs:
+        summary = label_run(run, method=method, spot_check=spot_check)
+        print(f"\n{run}\n{summary.render()}")
+    return 0
+
+
+def _stats(runs: Sequence[str], prune: bool, progress: bool) -> int:
+    from hallugraph.features import all_statistics, compute_stats
+    from hallugraph.store import TraceStore
+
+    for run in runs:
+        arrays = compute_stats(run, all_statistics(), progress=progress)
+        print(f"{run}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in arrays.items()))
+        if prune:
+            store = TraceStore(run)
+            for shard in store.shards:
+                store.shard_path(shard).unlink(missing_ok=True)
+            print(f"  raw tensors deleted; {store.disk_usage()['total'] / 2**20:.1f} MB left")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, runs: Sequence[str], out: str | None) -> int:
+    from hallugraph.evaluate import evaluate
+
+    names = [d.strip() for d in args.detectors.split(",")] if args.detectors else None
+    out_dir = Path(out) if out else Path(runs[0]).parent / "eval"
+    report = evaluate(
+        list(runs),
+        names,
+        seed=args.seed,
+        out_dir=out_dir,
+        bootstrap=args.bootstrap,
+        transfer=not getattr(args, "no_transfer", False),
+        progress=not args.no_progress,
+    )
+    print(report.to_markdown())
+    print(f"\nTable, CSV/JSON and ROC plots in {out_dir}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The main job: extract -> label -> evaluate, on the default model and data."""
+    from hallugraph.models import load_model
+
+    lm = load_model(args.model, quantize=args.quantize, device=args.device, dtype=args.model_dtype)
+    runs = []
+    for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        print(f"\n=== extract {name} ===")
+        out = str(Path(args.out) / name)
+        if _extract(args, name, out, lm=lm):
+            return 1
+        runs.append(out)
+    print("\n=== label ===")
+    _label(runs, "rouge", 20)
+    print("\n=== evaluate ===")
+    return _evaluate(args, runs, str(Path(args.out) / "eval"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,17 +270,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _extract(args, args.dataset, args.out, columns)
         if args.command == "info":
             return _info(args.run)
+        if args.command == "label":
+            return _label(args.runs, args.method, args.spot_check)
+        if args.command == "stats":
+            return _stats(args.runs, args.prune, not args.no_progress)
+        if args.command == "evaluate":
+            return _evaluate(args, args.runs, args.out)
         if args.command == "run":
-            from hallugraph.models import load_model
-
-            lm = load_model(
-                args.model, quantize=args.quantize, device=args.device, dtype=args.model_dtype
-            )
-            rc = 0
-            for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
-                print(f"\n=== {name} ===")
-                rc |= _extract(args, name, str(Path(args.out) / name), lm=lm)
-            return rc
+            return _run(args)
     except (DatasetError, ModelError, StoreError, ValueError) as err:
         print(f"hallugraph: error: {err}", file=sys.stderr)
         return 2
