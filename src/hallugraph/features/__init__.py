@@ -63,7 +63,7 @@ def register(cls: type[Statistic]) -> type[Statistic]:
 
 def _load_builtin() -> None:
     # importing the modules registers their statistics
-    from hallugraph.features import attention, hallushift, hidden, logits  # noqa: F401
+    from hallugraph.features import attention, hallushift, hidden, llm_check, logits  # noqa: F401
 
 
 def get_statistic(name: str) -> Statistic:
