@@ -1,0 +1,317 @@
+"""Evaluation protocol: grouped splits, metrics and CIs, validation threshold, end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+from hallugraph.detectors import Detector
+from hallugraph.evaluate import (
+    EvalReport,
+    average_precision,
+    bootstrap_indices,
+    choose_threshold,
+    evaluate,
+    metrics_with_ci,
+    roc_auc,
+    split_groups,
+)
+from hallugraph.store import MANIFEST, _atomic_write_text, _read_manifest
+
+# ---------------------------------------------------------------------------------- splits
+
+
+def _grouped(n_groups=60, seed=1):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 4, size=n_groups)
+    groups = np.repeat([f"q{i}" for i in range(n_groups)], sizes)
+    labels = np.concatenate([rng.integers(0, 2, size=k) for k in sizes])
+    return groups, labels
+
+
+def test_split_disjoint_covering_grouped():
+    groups, labels = _grouped()
+    tr, va, te = split_groups(groups, seed=0, labels=labels)
+    allidx = np.concatenate([tr, va, te])
+    assert len(allidx) == len(groups)
+    assert sorted(allidx.tolist()) == list(range(len(groups)))  # covers all, no overlap
+    sets = [set(groups[i]) for i in (tr, va, te)]
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    # sizes close to 60/20/20 of the traces
+    n = len(groups)
+    assert abs(len(tr) / n - 0.6) < 0.06
+    assert abs(len(va) / n - 0.2) < 0.06
+    assert abs(len(te) / n - 0.2) < 0.06
+
+
+def test_split_deterministic_and_seed_dependent():
+    groups, labels = _grouped()
+    a = split_groups(groups, seed=3, labels=labels)
+    b = split_groups(groups, seed=3, labels=labels)
+    c = split_groups(groups, seed=4, labels=labels)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_split_stratified():
+    # 100 singleton groups, 20 % hallucinated: every split gets about 20 %
+    groups = np.array([f"q{i}" for i in range(100)])
+    labels = (np.arange(100) % 5 == 0).astype(int)
+    for seed in range(5):
+        for idx in split_groups(groups, seed=seed, labels=labels):
+            assert labels[idx].mean() == pytest.approx(0.2, abs=0.05)
+
+
+def test_split_frac_and_errors():
+    groups = np.arange(50)
+    tr, va, te = split_groups(groups, seed=0, frac=(0.8, 0.0, 0.2))
+    assert len(va) == 0 and len(tr) == 40 and len(te) == 10
+    with pytest.raises(ValueError):
+        split_groups(groups, frac=(0.5, -0.1, 0.6))
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+
+def test_auroc_aupr_match_sklearn():
+    y = np.array([0, 0, 1, 1, 0, 1, 0, 1, 1, 0])
+    s = np.array([0.1, 0.4, 0.35, 0.8, 0.4, 0.4, 0.2, 0.9, 0.7, 0.05])  # ties included
+    assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert average_precision(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    # a hand-computable case: one inversion among 2x2 pairs -> AUROC 3/4
+    assert roc_auc(np.array([0, 1, 0, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == pytest.approx(0.75)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.integers(0, 2, size=40)
+        s = np.round(rng.normal(size=40) + y, 1)
+        if len(np.unique(y)) < 2:
+            continue
+        assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        assert average_precision(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    # vectorized over rows
+    Y = rng.integers(0, 2, size=(5, 30))
+    S = rng.normal(size=(5, 30))
+    np.testing.assert_allclose(
+        roc_auc(Y, S), [roc_auc_score(a, b) for a, b in zip(Y, S, strict=True)]
+    )
+    np.testing.assert_allclose(
+        average_precision(Y, S), [average_precision_score(a, b) for a, b in zip(Y, S, strict=True)]
+    )
+
+
+def test_single_class_metrics_nan_with_note():
+    assert math.isnan(roc_auc(np.ones(5), np.arange(5.0)))
+    m, notes = metrics_with_ci(np.zeros(6), np.linspace(0, 1, 6), 0.5, n_boot=100)
+    assert math.isnan(m["auroc"]) and math.isnan(m["aupr"])
+    assert m["acc"] == pytest.approx(0.5)  # 0.6, 0.8, 1.0 wrongly flagged
+    assert notes and "one class" in notes[0]
+
+
+def _synthetic(n, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n)
+    return y, rng.normal(size=n) + 1.0 * y
+
+
+def test_bootstrap_ci_contains_point_and_narrows():
+    widths = {}
+    for n in (60, 2000):
+        y, s = _synthetic(n, seed=n)
+        m, notes = metrics_with_ci(y, s, 0.5, n_boot=500, seed=0)
+        assert not notes
+        for k in ("auroc", "aupr", "acc", "f1"):
+            assert m[f"{k}_lo"] <= m[k] <= m[f"{k}_hi"], k
+        widths[n] = {k: m[f"{k}_hi"] - m[f"{k}_lo"] for k in ("auroc", "aupr", "acc", "f1")}
+    for k in widths[60]:
+        assert widths[2000][k] < widths[60][k] / 2, k
+    # fixed seed -> same CI
+    y, s = _synthetic(60, seed=60)
+    a, _ = metrics_with_ci(y, s, 0.5, n_boot=200, seed=7)
+    b, _ = metrics_with_ci(y, s, 0.5, n_boot=200, seed=7)
+    assert a == b
+    assert bootstrap_indices(10, 0).shape == (0, 10)
+
+
+def test_bootstrap_skips_single_class_resamples():
+    # one positive in 8: about a third of the resamples miss it and must be skipped, for
+    # every metric; the CI is the 2.5/97.5 percentile of the rest
+    y = np.array([0, 0, 0, 1, 0, 0, 0, 0])
+    s = np.array([0.1, 0.7, 0.3, 0.6, 0.2, 0.55, 0.4, 0.05])
+    m, _ = metrics_with_ci(y, s, 0.5, n_boot=400, seed=3)
+    idx = bootstrap_indices(len(y), 400, seed=3)
+    idx = idx[[len(np.unique(y[i])) == 2 for i in idx]]
+    assert 200 < len(idx) < 350
+    auc = [roc_auc_score(y[i], s[i]) for i in idx]
+    acc = [np.mean((s[i] >= 0.5) == y[i]) for i in idx]
+    assert (m["auroc_lo"], m["auroc_hi"]) == pytest.approx(tuple(np.percentile(auc, [2.5, 97.5])))
+    assert (m["acc_lo"], m["acc_hi"]) == pytest.approx(tuple(np.percentile(acc, [2.5, 97.5])))
+    # a resample without the positive would have F1 = 0 (false alarms only)
+    f1 = [f1_score(y[i], s[i] >= 0.5) for i in idx]
+    assert (m["f1_lo"], m["f1_hi"]) == pytest.approx(tuple(np.percentile(f1, [2.5, 97.5])))
+    assert m["f1_lo"] > 0
+
+
+def test_threshold_from_validation_applied_to_test():
+    # validation: negatives 0.1-0.3, positives 0.5-0.7 -> only a threshold in (0.3, 0.5]
+    # separates them; the midpoint 0.4 is chosen
+    y_val = np.array([0, 0, 0, 1, 1, 1])
+    s_val = np.array([0.1, 0.2, 0.3, 0.5, 0.6, 0.7])
+    t, note = choose_threshold(y_val, s_val)
+    assert t == pytest.approx(0.4) and note == ""
+    # test: at 0.4 -> 0.35 ok, 0.45 FP, 0.47 FP, 0.42 TP, 0.9 TP: accuracy 3/5, F1 = 2/3
+    # (a threshold of 0.5 would give 4/5: the threshold must come from validation)
+    y_te = np.array([0, 0, 0, 1, 1])
+    s_te = np.array([0.35, 0.45, 0.47, 0.42, 0.9])
+    m, _ = metrics_with_ci(y_te, s_te, t, n_boot=0)
+    assert m["acc"] == pytest.approx(3 / 5)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert math.isnan(m["acc_lo"])  # no bootstrap -> no CI
+    # one class in validation -> 0.5 with a note
+    t1, note1 = choose_threshold(np.ones(4), np.arange(4.0))
+    assert t1 == 0.5 and "one class" in note1
+
+
+def test_threshold_maximizes_balanced_accuracy_not_accuracy():
+    # 9 negatives at 0.1..0.9 and one positive at 0.85: accuracy is best flagging nothing
+    # (0.9); balanced accuracy flags the positive (0.85 <= t, 0.9 wrongly too)
+    s = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.85])
+    y = np.array([0] * 9 + [1])
+    t, _ = choose_threshold(y, s)
+    assert 0.8 < t <= 0.85
+
+
+# ---------------------------------------------------------------------------------- end to end
+
+
+class Boom(Detector):
+    name = "boom"
+    family = "test"
+    supervised = True
+
+    def fit(self, X, y):
+        raise RuntimeError("kaboom")
+
+    def predict_proba(self, X):
+        raise AssertionError("never fitted")
+
+
+def test_evaluate_end_to_end(tiny_run, tmp_path):
+    out = tmp_path / "eval"
+    rep = evaluate(
+        [tiny_run],
+        ["perplexity", "min_logprob", Boom],
+        out_dir=out,
+        bootstrap=200,
+        progress=False,
+    )
+    assert isinstance(rep, EvalReport)
+    ds = rep.config["datasets"][0]
+    sp = rep.splits[ds]
+    assert sum(sp[k]["n"] for k in ("train", "val", "test")) == 24
+    # labels alternate -> every split about half hallucinated
+    for k in ("train", "val", "test"):
+        assert 25 <= sp[k]["pct_halluc"] <= 75
+
+    rows = {r["detector"]: r for r in rep.results}
+    assert set(rows) == {"perplexity", "min_logprob", "boom"}
+    for name in ("perplexity", "min_logprob"):
+        r = rows[name]
+        assert r["error"] == "" and r["family"] == "logits"
+        assert 0 <= r["auroc"] <= 1 and 0 <= r["aupr"] <= 1 and 0 <= r["acc"] <= 1
+        assert r["fit_s"] >= 0 and math.isfinite(r["threshold"])
+        assert r["n_test"] == sp["test"]["n"]
+    assert "kaboom" in rows["boom"]["error"] and math.isnan(rows["boom"]["auroc"])
+
+    md = rep.to_markdown()
+    assert "| perplexity | logits |" in md and "AUROC" in md and "kaboom" in md
+    for f in ("results.md", "results.csv", "results.json", "transfer.csv"):
+        assert (out / f).stat().st_size > 0, f
+    pngs = list(out.glob("roc_*.png"))
+    assert len(pngs) == 1 and pngs[0].stat().st_size > 1000
+    assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "results.csv", newline="") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert [r["detector"] for r in csv_rows] == ["perplexity", "min_logprob", "boom"]
+    assert float(csv_rows[0]["auroc"]) == pytest.approx(rows["perplexity"]["auroc"])
+    data = json.loads((out / "results.json").read_text())
+    assert data["results"][2]["auroc"] is None and data["config"]["bootstrap"] == 200
+    # deterministic: same seed, same numbers
+    rep2 = evaluate(
+        [tiny_run], ["perplexity"], out_dir=tmp_path / "e2", bootstrap=200, progress=False
+    )
+    assert rep2.row(ds, "perplexity")["auroc_lo"] == rows["perplexity"]["auroc_lo"]
+
+
+def test_evaluate_default_out_dir(tiny_run, tmp_path):
+    run = tmp_path / "runs" / "toy"
+    shutil.copytree(tiny_run, run)
+    rep = evaluate(str(run), ["mean_entropy"], bootstrap=0, transfer=False, progress=False)
+    assert rep.out_dir == tmp_path / "runs" / "eval"
+    assert (tmp_path / "runs" / "eval" / "results.csv").exists()
+
+
+def test_evaluate_transfer_two_runs(tiny_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    rep = evaluate(
+        [tiny_run, other],
+        ["perplexity", Boom],
+        out_dir=tmp_path / "eval",
+        bootstrap=100,
+        progress=False,
+    )
+    a, b = rep.config["datasets"]
+    assert a != b
+    assert len(rep.results) == 4
+    mat = rep.transfer_matrix("perplexity")
+    assert set(mat) == {a, b} and set(mat[a]) == {a, b}
+    # the same data on both sides: off-diagonal entries are finite AUROCs
+    for x in (a, b):
+        for y in (a, b):
+            assert 0 <= mat[x][y] <= 1
+    # diagonal = in-dataset result
+    assert mat[a][a] == rep.row(a, "perplexity")["auroc"]
+    boom = [r for r in rep.transfer if r["detector"] == "boom"]
+    assert len(boom) == 4 and all(r["error"] for r in boom)
+    with open(tmp_path / "eval" / "transfer.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 8
+    assert "Transfer" in rep.to_markdown()
+    assert len(list((tmp_path / "eval").glob("roc_*.png"))) == 2
+
+
+def test_unlabeled_run_names_label_command(tiny_run, tmp_path):
+    run = tmp_path / "unlabeled"
+    shutil.copytree(tiny_run, run)
+    rows = _read_manifest(run)
+    for r in rows:
+        r.pop("label", None)
+    _atomic_write_text(run / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="hallugraph label"):
+        evaluate([run], ["perplexity"], out_dir=tmp_path / "e", progress=False)
+
+
+def test_unknown_detector_name(tiny_run, tmp_path):
+    with pytest.raises(ValueError, match="unknown detector"):
+        evaluate([tiny_run], ["no_such_detector"], out_dir=tmp_path / "e", progress=False)
+
+
+def test_single_class_test_split_no_crash(tiny_run, tmp_path):
+    run = tmp_path / "allhall"
+    shutil.copytree(tiny_run, run)
+    rows = _read_manifest(run)
+    for r in rows:
+        r["label"] = 1
+    _atomic_write_text(run / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
+    rep = evaluate([run], ["perplexity"], out_dir=tmp_path / "e", bootstrap=50, progress=False)
+    r = rep.results[0]
+    assert r["error"] == ""
+    assert math.isnan(r["auroc"]) and "one class" in r["notes"]
+    assert "validation split has one class" in r["notes"] and r["threshold"] == 0.5
+    assert 0 <= r["acc"] <= 1  # accuracy is still defined
