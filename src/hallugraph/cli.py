@@ -110,6 +110,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-transfer", action="store_true", help="skip cross-dataset transfer")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("graph", help="draw one trace's attention graph at one layer (PNG)")
+    p.add_argument("run", help="run directory (raw tensors kept)")
+    p.add_argument("--index", type=int, required=True, help="trace index in the run")
+    p.add_argument("--layer", type=int, required=True, help="layer (negative: from the end)")
+    p.add_argument("--png", required=True, help="output PNG file")
+    p.add_argument("--top-k", type=int, default=3, help="heaviest in-edges kept per token (3)")
+    p.add_argument("--threshold", type=float, default=None, help="minimum edge weight")
+    p.add_argument("--heads", choices=["mean", "all"], default="mean")
+    p.add_argument(
+        "--hide-sink", action="store_true", help="drop the edges out of token 0 (attention sink)"
+    )
+
+    p = sub.add_parser(
+        "hypothesis", help="test: hallucinated answers attend less to the context (per layer)"
+    )
+    p.add_argument("runs", nargs="+", help="labeled run directories (one per dataset)")
+    p.add_argument("--out", required=True, help="folder for hypothesis.csv/json and the plots")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--correction", choices=["holm", "bh"], default="holm")
+    p.add_argument("--no-progress", action="store_true")
+
+    from hallugraph.attribution.cli import add_transcoders_parser
+
+    add_transcoders_parser(sub)  # hallugraph transcoders train ...
+
     p = sub.add_parser(
         "run", help="the main job: extract on the default model and data, then summarize"
     )
@@ -235,6 +260,50 @@ def _evaluate(args: argparse.Namespace, runs: Sequence[str], out: str | None) ->
     return 0
 
 
+def _graph(args: argparse.Namespace) -> int:
+    from hallugraph.graphs import build_graph, draw_arc_diagram
+    from hallugraph.store import TraceStore
+
+    store = TraceStore(args.run)
+    if not -len(store) <= args.index < len(store):
+        raise ValueError(f"--index {args.index} out of range: {args.run} has {len(store)} traces")
+    trace = store[args.index]
+    g = build_graph(
+        trace,
+        args.layer,
+        heads=args.heads,
+        threshold=args.threshold,
+        top_k=args.top_k,
+        hide_sink=args.hide_sink,
+    )
+    path = draw_arc_diagram(g, args.png)
+    print(
+        f"{path}: trace {trace['question_id']}, layer {g.layer}, {g.num_nodes} tokens, "
+        f"{g.num_edges} edges"
+    )
+    return 0
+
+
+def _hypothesis(args: argparse.Namespace) -> int:
+    from hallugraph.hypotheses import run_hypothesis
+
+    try:
+        report = run_hypothesis(
+            args.runs,
+            args.out,
+            alpha=args.alpha,
+            correction=args.correction,
+            progress=not args.no_progress,
+        )
+    except FileNotFoundError as err:  # a pruned run without the cached statistic
+        raise ValueError(str(err)) from err
+    print(report.to_markdown())
+    print()
+    print("\n".join(report.verdict_lines()))
+    print(f"\nhypothesis.csv, hypothesis.json and plots in {args.out}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     """The main job: extract -> label -> evaluate, on the default model and data."""
     from hallugraph.models import load_model
@@ -276,8 +345,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _stats(args.runs, args.prune, not args.no_progress)
         if args.command == "evaluate":
             return _evaluate(args, args.runs, args.out)
+        if args.command == "graph":
+            return _graph(args)
+        if args.command == "hypothesis":
+            return _hypothesis(args)
         if args.command == "run":
             return _run(args)
+        if args.command == "transcoders":
+            from hallugraph.attribution.cli import run_transcoders
+
+            return run_transcoders(args)
     except (DatasetError, ModelError, StoreError, ValueError) as err:
         print(f"hallugraph: error: {err}", file=sys.stderr)
         return 2

@@ -26,7 +26,9 @@ def _planted_table(monkeypatch, tiny_run, where: str):
     X = FeatureTable([tiny_run] * REPEAT)
     y = X.labels
     rng = np.random.default_rng(0)
-    arrays = {s: rng.uniform(0.4, 0.6, size=(len(X), 2, 4)) for s in ("lookback", "lookback_prompt")}
+    arrays = {
+        s: rng.uniform(0.4, 0.6, size=(len(X), 2, 4)) for s in ("lookback", "lookback_prompt")
+    }
     arrays[where][:, 1, 2] -= 0.2 * y
     arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
     monkeypatch.setattr(FeatureTable, "stat", lambda self, name: arrays[name][_rows(self)])

@@ -59,12 +59,14 @@ def register(cls: type[Detector]) -> type[Detector]:
 def _load_builtin() -> None:
     # one line per detector module
     from hallugraph.detectors import (  # noqa: F401
+        charm,
         hallushift,
         lapeigvals,
         llm_check,
         logit,
         lookback,
         probes,
+        topology,
     )
 
 

@@ -39,14 +39,17 @@ class Statistic:
     manifest row is enough."""
     version: ClassVar[int] = 1
     """Bump when the computation changes, so caches are recomputed."""
+    dtype: ClassVar[Any] = np.float32
+    """Storage dtype of the cached array. float32 unless a statistic is large enough that a
+    compact dtype (``float16``, ``uint8`` codes) matters for the cache's size on disk."""
 
     def params(self) -> dict[str, Any]:
         """Parameters that change the result (part of the cache key)."""
         return {}
 
     def compute(self, trace: Mapping[str, Any], run_info: Mapping[str, Any]) -> np.ndarray:
-        """The statistic of one trace: a float array whose shape is the same for every trace
-        of a run."""
+        """The statistic of one trace: an array whose shape is the same for every trace of a
+        run (cast to ``dtype`` for the cache)."""
         raise NotImplementedError
 
 
@@ -63,7 +66,15 @@ def register(cls: type[Statistic]) -> type[Statistic]:
 
 def _load_builtin() -> None:
     # importing the modules registers their statistics
-    from hallugraph.features import attention, hallushift, hidden, llm_check, logits  # noqa: F401
+    from hallugraph.features import (  # noqa: F401
+        attention,
+        charm,
+        hallushift,
+        hidden,
+        llm_check,
+        logits,
+        topology,
+    )
 
 
 def get_statistic(name: str) -> Statistic:
@@ -153,7 +164,7 @@ def _compute_shard(store, shard, rows, todo, bar) -> dict[str, np.ndarray]:
     traces = store.iter(fields=fields, shards=[shard]) if fields else iter(rows)
     for trace in traces:
         for st, _ in todo:
-            values[st.name].append(np.asarray(st.compute(trace, store.info), dtype=np.float32))
+            values[st.name].append(np.asarray(st.compute(trace, store.info), dtype=st.dtype))
         bar.update(1)
     out = {}
     for st, key in todo:

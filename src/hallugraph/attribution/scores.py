@@ -1,0 +1,368 @@
+"""Scores of an attribution graph: context share Gctx, replacement RS, completeness CS, and
+the Groundedness score built from them.
+
+An attribution graph (circuit-tracer 0.5.0) is a dense adjacency matrix ``A`` whose rows are
+*targets* and columns *sources*, over nodes laid out in this order (:class:`GraphLayout`)::
+
+    [selected features (n_features)]
+    [error nodes: layer-major, then position (n_layers * n_pos)]
+    [token (embedding) nodes, one per position (n_pos)]
+    [logit nodes (n_logits)]
+
+Everything here is plain torch on that matrix (no circuit-tracer import), computed in
+float64:
+
+* **Influence.** ``Â = |A|`` with every row divided by its sum (rows that sum to 0 stay 0).
+  With ``w`` the logit weights (the logit targets' probabilities, zero on other nodes), the
+  influence of every node on the logits is ``w·(Â + Â² + Â³ + …)``, the total weight of all
+  paths from the node to the logits. Graphs are DAGs, so the series is finite.
+* **RS** (replacement score) = token influence / (token influence + error influence): the part
+  of the end-to-end input→logit influence that is explained by features rather than by
+  reconstruction errors (errors have no inputs, so they are sources like tokens).
+* **CS** (completeness score) = Σ_n (1 − Σ_{e∈errors} Â[n, e]) · (influence_n + w_n)
+  / Σ_n (influence_n + w_n): the share of each node's inputs that does not come from error
+  nodes, averaged with the node's weight on the output. Both equal circuit-tracer's
+  ``compute_graph_scores`` (tested).
+* **Gctx** (context share) = Σ_{t ∈ context} influence(token t) / Σ_{t ∉ excluded}
+  influence(token t): the share of the input tokens' influence on the answer logits that comes
+  from the context's tokens. Position 0 (the BOS circuit-tracer puts first, whose features and
+  error are zeroed) is excluded from the denominator by default. 0 when no token has influence.
+* **Groundedness** ``G = Gctx · (α·RS + (1 − α)·CS)``: an answer is grounded when the answer
+  logits are driven by the context (Gctx) *and* the graph explains that computation (RS, CS:
+  a context share measured on a graph that is mostly error nodes means little). The answer is
+  flagged as hallucinated when ``G ≤ T``. ``α ∈ [0, 1]`` and ``T`` are chosen on a validation
+  split by :func:`fit_groundedness` (grid over α, for each α the threshold of maximal balanced
+  accuracy; the best α wins, ties to the smaller α).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "GraphLayout",
+    "GraphScores",
+    "GroundednessFit",
+    "completeness_score",
+    "context_positions",
+    "context_share",
+    "fit_groundedness",
+    "graph_scores",
+    "groundedness",
+    "node_influence",
+    "normalize_rows",
+    "replacement_score",
+    "scores_from_graph",
+]
+
+
+@dataclass(frozen=True)
+class GraphLayout:
+    """Sizes of the four node groups of a circuit-tracer graph, and their index ranges."""
+
+    n_features: int
+    n_layers: int
+    n_pos: int
+    n_logits: int
+
+    @property
+    def errors(self) -> slice:
+        start = self.n_features
+        return slice(start, start + self.n_layers * self.n_pos)
+
+    @property
+    def tokens(self) -> slice:
+        start = self.errors.stop
+        return slice(start, start + self.n_pos)
+
+    @property
+    def logits(self) -> slice:
+        start = self.tokens.stop
+        return slice(start, start + self.n_logits)
+
+    @property
+    def n_nodes(self) -> int:
+        return self.logits.stop
+
+    def error_index(self, layer: int, pos: int) -> int:
+        """Node index of the error node of ``layer`` at position ``pos``."""
+        return self.n_features + layer * self.n_pos + pos
+
+    @classmethod
+    def from_graph(cls, graph: Any) -> GraphLayout:
+        """The layout of a ``circuit_tracer.graph.Graph``."""
+        layout = cls(
+            n_features=len(graph.selected_features),
+            n_layers=int(graph.cfg.n_layers),
+            n_pos=len(graph.input_tokens),
+            n_logits=len(graph.logit_targets),
+        )
+        _check(graph.adjacency_matrix, layout)
+        return layout
+
+
+def _check(adjacency: torch.Tensor, layout: GraphLayout) -> None:
+    n = layout.n_nodes
+    if tuple(adjacency.shape) != (n, n):
+        raise ValueError(
+            f"adjacency has shape {tuple(adjacency.shape)} but the layout {layout} has {n} nodes"
+        )
+
+
+def normalize_rows(adjacency: torch.Tensor) -> torch.Tensor:
+    """``|A|`` with each row divided by its sum (float64; all-zero rows stay zero)."""
+    a = torch.as_tensor(adjacency).detach().to(torch.float64).abs()
+    sums = a.sum(dim=1, keepdim=True)
+    return torch.where(sums > 0, a / torch.where(sums > 0, sums, 1.0), torch.zeros_like(a))
+
+
+def _logit_weight_vector(
+    layout: GraphLayout, logit_weights: torch.Tensor | Sequence[float]
+) -> torch.Tensor:
+    lw = torch.as_tensor(logit_weights, dtype=torch.float64).detach().cpu().reshape(-1)
+    if len(lw) != layout.n_logits:
+        raise ValueError(f"{len(lw)} logit weights for {layout.n_logits} logit nodes")
+    w = torch.zeros(layout.n_nodes, dtype=torch.float64)
+    w[layout.logits] = lw
+    return w
+
+
+def node_influence(
+    adjacency: torch.Tensor,
+    layout: GraphLayout,
+    logit_weights: torch.Tensor | Sequence[float],
+) -> torch.Tensor:
+    """Influence of every node on the logits, ``w·(Â + Â² + …)`` (float64, length n_nodes).
+
+    Summed path by path (``x ← x·Â``) until the walk dies out, which takes at most the graph's
+    depth on a DAG; a graph with cycles whose series still converges is solved exactly instead.
+    """
+    _check(adjacency, layout)
+    a = normalize_rows(adjacency.cpu())
+    w = _logit_weight_vector(layout, logit_weights)
+    step = w @ a
+    total = step.clone()
+    for _ in range(layout.n_nodes + 1):
+        step = step @ a
+        if not bool(step.any()):
+            return total
+        total += step
+    # not nilpotent (a cycle): x = w·Â·(I − Â)⁻¹, i.e. (I − Â)ᵀ xᵀ = (w·Â)ᵀ
+    eye = torch.eye(layout.n_nodes, dtype=torch.float64)
+    sol = torch.linalg.solve((eye - a).T, (w @ a).unsqueeze(1)).squeeze(1)
+    if not torch.isfinite(sol).all():
+        raise ValueError("the influence series does not converge on this graph")
+    return sol
+
+
+def replacement_score(influence: torch.Tensor, layout: GraphLayout) -> float:
+    """Token influence / (token + error influence); NaN when both are zero."""
+    tok = float(influence[layout.tokens].sum())
+    err = float(influence[layout.errors].sum())
+    return tok / (tok + err) if tok + err > 0 else float("nan")
+
+
+def completeness_score(
+    adjacency: torch.Tensor,
+    layout: GraphLayout,
+    logit_weights: torch.Tensor | Sequence[float],
+    influence: torch.Tensor | None = None,
+) -> float:
+    """Σ (1 − error share of the node's inputs) · (influence + w) / Σ (influence + w)."""
+    a = normalize_rows(adjacency.cpu())
+    if influence is None:
+        influence = node_influence(adjacency, layout, logit_weights)
+    w = _logit_weight_vector(layout, logit_weights)
+    non_error = 1.0 - a[:, layout.errors].sum(dim=1)
+    out = influence + w
+    return float((non_error * out).sum() / out.sum())
+
+
+def graph_scores(
+    adjacency: torch.Tensor,
+    layout: GraphLayout,
+    logit_weights: torch.Tensor | Sequence[float],
+) -> tuple[float, float]:
+    """``(RS, CS)``, as circuit-tracer's ``compute_graph_scores`` defines them."""
+    infl = node_influence(adjacency, layout, logit_weights)
+    return (
+        replacement_score(infl, layout),
+        completeness_score(adjacency, layout, logit_weights, influence=infl),
+    )
+
+
+def _positions(positions: Iterable[int] | torch.Tensor, n_pos: int, what: str) -> torch.Tensor:
+    idx = torch.as_tensor(list(positions) if not torch.is_tensor(positions) else positions)
+    idx = idx.to(torch.long).reshape(-1)
+    if len(idx) and (idx.min() < 0 or idx.max() >= n_pos):
+        raise ValueError(f"{what} positions must lie in [0, {n_pos}), got {idx.tolist()}")
+    return idx.unique()
+
+
+def context_share(
+    influence: torch.Tensor,
+    layout: GraphLayout,
+    context: Iterable[int] | torch.Tensor,
+    exclude: Iterable[int] = (0,),
+) -> float:
+    """Gctx: the context tokens' share of the (non-excluded) token nodes' influence.
+
+    ``context`` are token positions (0-based, as in ``graph.input_tokens``); ``exclude`` are
+    positions left out of both sums (default: position 0, the BOS). 0.0 when no token has any
+    influence.
+    """
+    tok = influence[layout.tokens].clone()
+    ex = _positions(exclude, layout.n_pos, "excluded")
+    tok[ex] = 0.0
+    ctx = _positions(context, layout.n_pos, "context")
+    total = float(tok.sum())
+    if total <= 0:
+        return 0.0
+    return float(tok[ctx].sum()) / total
+
+
+@dataclass(frozen=True)
+class GraphScores:
+    """Gctx, RS and CS of one graph, with what they were computed from."""
+
+    gctx: float
+    rs: float
+    cs: float
+    n_features: int
+    n_pos: int
+    n_context: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def scores_from_graph(
+    graph: Any,
+    context: Iterable[int] | torch.Tensor,
+    exclude: Iterable[int] = (0,),
+    logit_weights: torch.Tensor | Sequence[float] | None = None,
+) -> GraphScores:
+    """Gctx, RS and CS of a ``circuit_tracer.graph.Graph``.
+
+    ``logit_weights`` default to the graph's ``logit_probabilities`` (what circuit-tracer uses).
+    """
+    layout = GraphLayout.from_graph(graph)
+    lw = graph.logit_probabilities if logit_weights is None else logit_weights
+    adj = graph.adjacency_matrix
+    infl = node_influence(adj, layout, lw)
+    ctx = _positions(context, layout.n_pos, "context")
+    return GraphScores(
+        gctx=context_share(infl, layout, ctx, exclude),
+        rs=replacement_score(infl, layout),
+        cs=completeness_score(adj, layout, lw, influence=infl),
+        n_features=layout.n_features,
+        n_pos=layout.n_pos,
+        n_context=len(ctx),
+    )
+
+
+def context_positions(
+    offsets: Sequence[tuple[int, int]], span: tuple[int, int], shift: int = 0
+) -> list[int]:
+    """Token positions whose character range overlaps ``span`` = ``[start, end)``.
+
+    ``offsets`` is a fast tokenizer's ``offset_mapping`` of the text; ``shift`` is added to
+    every position (1 when a BOS is prepended to the tokens afterwards).
+    """
+    start, end = span
+    return [i + shift for i, (s, e) in enumerate(offsets) if e > start and s < end and e > s]
+
+
+# ---------------------------------------------------------------------------------------------
+# Groundedness
+
+
+def groundedness(
+    gctx: float | np.ndarray, rs: float | np.ndarray, cs: float | np.ndarray, alpha: float
+) -> float | np.ndarray:
+    """``G = Gctx · (α·RS + (1 − α)·CS)``; in [0, 1] when its inputs are."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    g = np.asarray(gctx, dtype=np.float64) * (
+        alpha * np.asarray(rs, dtype=np.float64) + (1.0 - alpha) * np.asarray(cs, dtype=np.float64)
+    )
+    return float(g) if g.ndim == 0 else g
+
+
+@dataclass(frozen=True)
+class GroundednessFit:
+    """α and T chosen on validation; an answer is hallucinated when ``G ≤ threshold``."""
+
+    alpha: float
+    threshold: float
+    balanced_accuracy: float
+    """On the validation data the fit was chosen on."""
+    grid: tuple[tuple[float, float, float], ...] = ()
+    """``(alpha, threshold, balanced accuracy)`` for every α tried."""
+
+    def score(
+        self, gctx: float | np.ndarray, rs: float | np.ndarray, cs: float | np.ndarray
+    ) -> float | np.ndarray:
+        return groundedness(gctx, rs, cs, self.alpha)
+
+    def predict(
+        self, gctx: float | np.ndarray, rs: float | np.ndarray, cs: float | np.ndarray
+    ) -> np.ndarray:
+        """1 = hallucinated (not grounded enough), 0 = grounded; a NaN score counts as G = 0."""
+        g = np.nan_to_num(np.asarray(self.score(gctx, rs, cs), dtype=np.float64), nan=0.0)
+        return (g <= self.threshold).astype(np.int64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha,
+            "threshold": self.threshold,
+            "balanced_accuracy": self.balanced_accuracy,
+            "grid": [list(g) for g in self.grid],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GroundednessFit:
+        return cls(
+            alpha=float(d["alpha"]),
+            threshold=float(d["threshold"]),
+            balanced_accuracy=float(d["balanced_accuracy"]),
+            grid=tuple(tuple(float(v) for v in g) for g in d.get("grid", ())),
+        )
+
+
+def fit_groundedness(
+    gctx: Sequence[float] | np.ndarray,
+    rs: Sequence[float] | np.ndarray,
+    cs: Sequence[float] | np.ndarray,
+    y: Sequence[int] | np.ndarray,
+    alphas: Sequence[float] | np.ndarray | None = None,
+) -> GroundednessFit:
+    """Choose α (grid, default 0, 0.05, …, 1) and T on validation data (``y``: 1 = hallucinated).
+
+    For each α the threshold is the one of maximal balanced accuracy
+    (:func:`hallugraph.evaluate.choose_threshold` on the hallucination score −G); the α with
+    the best balanced accuracy wins (ties: the smallest α). NaN scores (an empty graph) count
+    as G = 0, i.e. ungrounded.
+    """
+    from hallugraph.evaluate import balanced_accuracy, choose_threshold
+
+    y_arr = np.asarray(y, dtype=np.int64).reshape(-1)
+    if len(np.unique(y_arr)) < 2:
+        raise ValueError("fit_groundedness needs both grounded (0) and hallucinated (1) examples")
+    grid_alphas = np.linspace(0.0, 1.0, 21) if alphas is None else np.asarray(alphas, float)
+    rows: list[tuple[float, float, float]] = []
+    for a in grid_alphas:
+        g = np.nan_to_num(np.asarray(groundedness(gctx, rs, cs, float(a))).reshape(-1), nan=0.0)
+        if len(g) != len(y_arr):
+            raise ValueError(f"{len(g)} scores for {len(y_arr)} labels")
+        t, _ = choose_threshold(y_arr, -g)  # hallucinated when -G >= t, i.e. G <= -t
+        bacc = balanced_accuracy(y_arr, (g <= -t).astype(np.int64))
+        rows.append((float(a), float(-t), float(bacc)))
+    best = max(range(len(rows)), key=lambda i: (rows[i][2], -rows[i][0]))
+    a, t, b = rows[best]
+    return GroundednessFit(alpha=a, threshold=t, balanced_accuracy=b, grid=tuple(rows))
