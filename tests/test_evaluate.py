@@ -14,6 +14,7 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 from hallugraph.detectors import Detector
 from hallugraph.evaluate import (
     EvalReport,
+    PeakRSS,
     average_precision,
     bootstrap_indices,
     choose_threshold,
@@ -226,6 +227,7 @@ def test_evaluate_end_to_end(tiny_run, tmp_path):
         assert r["error"] == "" and r["family"] == "logits"
         assert 0 <= r["auroc"] <= 1 and 0 <= r["aupr"] <= 1 and 0 <= r["acc"] <= 1
         assert r["fit_s"] >= 0 and math.isfinite(r["threshold"])
+        assert r["fit_peak_mb"] >= 0
         assert r["n_test"] == sp["test"]["n"]
     assert "kaboom" in rows["boom"]["error"] and math.isnan(rows["boom"]["auroc"])
 
@@ -315,3 +317,19 @@ def test_single_class_test_split_no_crash(tiny_run, tmp_path):
     assert math.isnan(r["auroc"]) and "one class" in r["notes"]
     assert "validation split has one class" in r["notes"] and r["threshold"] == 0.5
     assert 0 <= r["acc"] <= 1  # accuracy is still defined
+
+
+def test_peak_rss_sees_a_temporary_allocation():
+    import numpy as np
+
+    with PeakRSS(interval=0.001) as small:
+        pass
+    with PeakRSS(interval=0.001) as big:
+        a = np.ones(64 * 2**20 // 8)  # 64 MB, touched
+        a += 1
+        import time
+
+        time.sleep(0.05)
+        del a
+    assert big.extra_mb >= 50, big.extra_mb  # freed before exit: only the sampler saw it
+    assert small.extra_mb < 20

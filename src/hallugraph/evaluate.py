@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "EvalReport",
+    "PeakRSS",
     "average_precision",
     "balanced_accuracy",
     "bootstrap_indices",
@@ -429,6 +430,7 @@ RESULT_COLUMNS = [
     *[f"{m}{x}" for m in METRICS for x in ("", "_lo", "_hi")],
     "threshold",
     "fit_s",
+    "fit_peak_mb",
     "predict_s",
     "error",
     "notes",
@@ -499,8 +501,8 @@ class EvalReport:
         lines += [
             "",
             "| dataset | detector | family | AUROC [95% CI] | AUPR [95% CI] | Acc [95% CI] "
-            "| F1 [95% CI] | fit s | notes |",
-            "|---|---|---|---|---|---|---|---:|---|",
+            "| F1 [95% CI] | fit s | fit MB | notes |",
+            "|---|---|---|---|---|---|---|---:|---:|---|",
         ]
         for r in self.results:
             note = f"error: {r['error']}" if r.get("error") else r.get("notes", "")
@@ -509,7 +511,7 @@ class EvalReport:
             lines.append(
                 f"| {r['dataset']} | {r['detector']} | {r['family']} | "
                 + " | ".join(cells)
-                + f" | {_fmt(r.get('fit_s'), 2)} | {note} |"
+                + f" | {_fmt(r.get('fit_s'), 2)} | {_fmt(r.get('fit_peak_mb'), 0)} | {note} |"
             )
         datasets = list(self.splits)
         if len(datasets) > 1 and self.transfer:
@@ -674,6 +676,48 @@ def _load_runs(
     return out
 
 
+class PeakRSS:
+    """Context manager: the peak resident memory above the level at entry, in MB
+    (``extra_mb``), sampled every ``interval`` seconds from ``/proc/self/statm`` by a thread.
+    NaN where ``/proc`` is missing. Includes everything the process allocates meanwhile
+    (torch, numpy, imported modules), which is what a user pays for a fit."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.extra_mb = float("nan")
+
+    @staticmethod
+    def _rss() -> int | None:
+        try:
+            with open("/proc/self/statm", encoding="ascii") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            now = self._rss()
+            if now is not None:
+                self._peak = max(self._peak, now)
+
+    def __enter__(self) -> PeakRSS:
+        import threading
+
+        self._start = self._rss()
+        self._peak = self._start or 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        end = self._rss()
+        if self._start is not None and end is not None:
+            self.extra_mb = (max(self._peak, end) - self._start) / 2**20
+
+
 def _precompute_stats(run: _Run, specs: Sequence[tuple[str, Any]], progress: bool) -> None:
     """Compute every statistic the detectors name in one pass over the run (cached on disk),
     so fit times do not include it. Failures are left for the detectors to report."""
@@ -793,6 +837,7 @@ def _evaluate_one(
         **{f"{m}{x}": float("nan") for m in METRICS for x in ("", "_lo", "_hi")},
         "threshold": float("nan"),
         "fit_s": float("nan"),
+        "fit_peak_mb": float("nan"),
         "predict_s": float("nan"),
         "error": "",
         "notes": "",
@@ -803,8 +848,10 @@ def _evaluate_one(
     try:
         det = _instantiate(spec, seed)
         t0 = time.perf_counter()
-        det.fit(run.table[tr], run.y[tr])
+        with PeakRSS() as peak:
+            det.fit(run.table[tr], run.y[tr])
         row["fit_s"] = time.perf_counter() - t0
+        row["fit_peak_mb"] = peak.extra_mb
         t0 = time.perf_counter()
         s_va = _scores(det, run.table[va]) if len(va) else np.zeros(0)
         s_te = _scores(det, run.table[te])

@@ -171,7 +171,7 @@ def _compute_shard(store, shard, rows, todo, bar) -> dict[str, np.ndarray]:
         arr = np.stack(values[st.name])
         path = _cache_path(store.dir, st, shard)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent writers never share it
         save_file({"values": arr}, str(tmp), metadata={"key": key, "name": st.name})
         os.replace(tmp, path)
         out[st.name] = arr
