@@ -29,6 +29,14 @@ from hallugraph.extract import prepare
 from hallugraph.models import load_model
 
 
+def closest_halueval_prompts(lm, prompt_tokens: int, n: int = 1) -> list:
+    """The ``n`` HaluEval-QA prompts (training side of the benchmark split, as
+    :func:`~hallugraph.extract.prepare` renders them) whose token counts are closest to
+    ``prompt_tokens``."""
+    preps = prepare(lm, halueval_train_questions())
+    return sorted(preps, key=lambda p: abs(len(p.prompt_ids) - prompt_tokens))[:n]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("transcoders", help="transcoder set folder (circuit-tracer format)")
@@ -39,8 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lm = load_model(args.model, device="cpu")
-    preps = prepare(lm, halueval_train_questions())
-    best = min(preps, key=lambda p: abs(len(p.prompt_ids) - args.prompt_tokens))
+    best = closest_halueval_prompts(lm, args.prompt_tokens)[0]
     print(f"{best.example.id}: {len(best.prompt_ids)} prompt tokens, context {best.context_span}")
     t0 = time.perf_counter()
     rm = load_replacement_model(lm.source, args.transcoders)

@@ -1,4 +1,5 @@
-"""Command line: ``hallugraph {extract,info,run}`` (also ``python -m hallugraph``)."""
+"""Command line: ``hallugraph {extract,info,label,stats,evaluate,graph,hypothesis,transcoders,
+groundedness,attribution,run}`` (also ``python -m hallugraph``)."""
 
 from __future__ import annotations
 
@@ -131,9 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--correction", choices=["holm", "bh"], default="holm")
     p.add_argument("--no-progress", action="store_true")
 
-    from hallugraph.attribution.cli import add_transcoders_parser
+    from hallugraph.attribution.cli import (
+        add_attribution_parser,
+        add_groundedness_parser,
+        add_transcoders_parser,
+    )
 
     add_transcoders_parser(sub)  # hallugraph transcoders train ...
+    add_groundedness_parser(sub)  # hallugraph groundedness RUN
+    add_attribution_parser(sub)  # hallugraph attribution RUN --index I
 
     p = sub.add_parser(
         "run", help="the main job: extract on the default model and data, then summarize"
@@ -355,6 +362,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hallugraph.attribution.cli import run_transcoders
 
             return run_transcoders(args)
+        if args.command == "groundedness":
+            from hallugraph.attribution.cli import run_groundedness
+
+            return run_groundedness(args)
+        if args.command == "attribution":
+            from hallugraph.attribution.cli import run_attribution
+
+            return run_attribution(args)
     except (DatasetError, ModelError, StoreError, ValueError) as err:
         print(f"hallugraph: error: {err}", file=sys.stderr)
         return 2

@@ -22,7 +22,9 @@ Protocol (one run = one dataset):
   in-dataset result).
 
 A detector that raises (in ``fit``, ``predict_proba`` or a statistic it needs) gets a row with
-its error and the evaluation goes on.
+its error and the evaluation goes on. One that raises
+:class:`~hallugraph.detectors.NotApplicable` (e.g. attribution scores never computed for the run)
+is skipped on that run: no row, listed under "skipped" in the config and below the table.
 
 Outputs in ``out_dir`` (default ``RUN/../eval`` of the first run): ``results.md`` (the table),
 ``results.csv``, ``results.json`` (everything, including splits and transfer),
@@ -50,6 +52,7 @@ import numpy as np
 from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
+from hallugraph.detectors import NotApplicable
 from hallugraph.features import FeatureTable
 
 log = logging.getLogger(__name__)
@@ -513,6 +516,10 @@ class EvalReport:
                 + " | ".join(cells)
                 + f" | {_fmt(r.get('fit_s'), 2)} | {_fmt(r.get('fit_peak_mb'), 0)} | {note} |"
             )
+        skipped = self.config.get("skipped") or []
+        if skipped:
+            lines += ["", "Skipped (not applicable to the run):"]
+            lines += [f"* {s['detector']} on {s['dataset']}: {s['reason']}" for s in skipped]
         datasets = list(self.splits)
         if len(datasets) > 1 and self.transfer:
             lines += ["", "Transfer: AUROC [95% CI], rows = train dataset, columns = test dataset."]
@@ -762,6 +769,7 @@ def evaluate(
         for r in loaded
     }
     results: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     transfer_rows: list[dict[str, Any]] = []
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {r.name: {} for r in loaded}
     do_transfer = transfer and len(loaded) > 0
@@ -775,7 +783,12 @@ def evaluate(
                 row, tr_rows = _evaluate_one(
                     run, name, spec, loaded if do_transfer else [], seed, bootstrap, curves
                 )
-                results.append(row)
+                if row.get("skipped"):
+                    skipped.append(
+                        {"dataset": run.name, "detector": name, "reason": row["skipped"]}
+                    )
+                else:
+                    results.append(row)
                 transfer_rows.extend(tr_rows)
                 bar.update(1)
     finally:
@@ -804,6 +817,7 @@ def evaluate(
             "frac": list(frac),
             "threshold_rule": "max balanced accuracy on the validation split",
             "ci": "95% percentile bootstrap over test items",
+            "skipped": skipped,
         },
         curves=curves,
     )
@@ -864,6 +878,9 @@ def _evaluate_one(
         row.update(metrics)
         notes += mnotes
         curves[run.name][name] = (y_te, s_te)
+    except NotApplicable as err:  # e.g. no attribution scores for this run: skip, no row
+        log.info("detector %s skipped on %s: %s", name, run.name, err)
+        return {**row, "skipped": str(err)}, []
     except Exception as err:  # noqa: BLE001 - one detector must not stop the evaluation
         log.warning("detector %s on %s failed: %s", name, run.name, err, exc_info=True)
         row["error"] = _err(err)
@@ -903,6 +920,8 @@ def _evaluate_one(
                     for x in ("", "_lo", "_hi"):
                         t_row[f"{m}{x}"] = metrics[f"{m}{x}"]
                 t_row["notes"] = "; ".join(mnotes)
+            except NotApplicable:  # the other run lacks what the detector reads: no cell
+                continue
             except Exception as err:  # noqa: BLE001
                 log.warning("transfer of %s %s -> %s failed: %s", name, run.name, other.name, err)
                 t_row["error"] = _err(err)

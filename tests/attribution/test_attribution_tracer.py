@@ -14,7 +14,7 @@ from hallugraph.attribution.tracer import (  # noqa: E402
     attribution_tokens,
     load_replacement_model,
 )
-from hallugraph.attribution.transcoders import write_transcoder_set  # noqa: E402
+from hallugraph.attribution.transcoders import random_transcoder_set  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -23,20 +23,10 @@ def tiny_setup(tiny_lm, tmp_path_factory):
     model_dir = root / "tiny-llama"
     tiny_lm.model.save_pretrained(model_dir)
     tiny_lm.tokenizer.save_pretrained(model_dir)
-    g = torch.Generator().manual_seed(0)
-    d, f = 32, 48
-    layers = []
-    for i in range(tiny_lm.num_layers):
-        t = {
-            "W_enc": torch.randn(f, d, generator=g) * 0.3,
-            "W_dec": torch.randn(f, d, generator=g) * 0.1,
-            "b_enc": torch.zeros(f),
-            "b_dec": torch.zeros(d),
-        }
-        if i == 1:  # one JumpReLU layer
-            t["activation_function.threshold"] = torch.full((f,), 0.05)
-        layers.append(t)
-    write_transcoder_set(root / "cache" / "tiny-tc", layers, scan="tiny-tc")
+    # d = 32, 48 features, layer 1 JumpReLU
+    random_transcoder_set(
+        root / "cache" / "tiny-tc", tiny_lm.num_layers, 32, 48, jumprelu_layers=(1,), scan="tiny-tc"
+    )
     return model_dir, root / "cache"
 
 

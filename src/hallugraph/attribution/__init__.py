@@ -6,4 +6,8 @@
   circuit-tracer's format (``hallugraph transcoders train``).
 * :mod:`~hallugraph.attribution.tracer`: loading a circuit-tracer ``ReplacementModel`` (nnsight
   backend) and attributing a prompt; needs the optional extra ``attribution``.
+* :mod:`~hallugraph.attribution.groundedness`: Gctx / RS / CS of every trace of a run with a
+  context, stored beside the run (``hallugraph groundedness RUN``, resumable).
+* :mod:`~hallugraph.attribution.viewer`: one trace's graph as circuit-tracer's viewer JSON (no
+  pickle), a PNG, the local viewer (``hallugraph attribution RUN --index I``).
 """

@@ -32,7 +32,9 @@ float64:
   a context share measured on a graph that is mostly error nodes means little). The answer is
   flagged as hallucinated when ``G ≤ T``. ``α ∈ [0, 1]`` and ``T`` are chosen on a validation
   split by :func:`fit_groundedness` (grid over α, for each α the threshold of maximal balanced
-  accuracy; the best α wins, ties to the smaller α).
+  accuracy; the best α wins, ties to the smaller α). Both are defined in
+  :mod:`hallugraph.detectors.groundedness` (the detectors ``groundedness`` and
+  ``groundedness_lr``) and re-exported here.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
+
+# Groundedness is defined with its detectors (they come before attribution in the stage order)
+from hallugraph.detectors.groundedness import GroundednessFit, fit_groundedness, groundedness
 
 __all__ = [
     "GraphLayout",
@@ -276,93 +280,3 @@ def context_positions(
     """
     start, end = span
     return [i + shift for i, (s, e) in enumerate(offsets) if e > start and s < end and e > s]
-
-
-# ---------------------------------------------------------------------------------------------
-# Groundedness
-
-
-def groundedness(
-    gctx: float | np.ndarray, rs: float | np.ndarray, cs: float | np.ndarray, alpha: float
-) -> float | np.ndarray:
-    """``G = Gctx · (α·RS + (1 − α)·CS)``; in [0, 1] when its inputs are."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    g = np.asarray(gctx, dtype=np.float64) * (
-        alpha * np.asarray(rs, dtype=np.float64) + (1.0 - alpha) * np.asarray(cs, dtype=np.float64)
-    )
-    return float(g) if g.ndim == 0 else g
-
-
-@dataclass(frozen=True)
-class GroundednessFit:
-    """α and T chosen on validation; an answer is hallucinated when ``G ≤ threshold``."""
-
-    alpha: float
-    threshold: float
-    balanced_accuracy: float
-    """On the validation data the fit was chosen on."""
-    grid: tuple[tuple[float, float, float], ...] = ()
-    """``(alpha, threshold, balanced accuracy)`` for every α tried."""
-
-    def score(
-        self, gctx: float | np.ndarray, rs: float | np.ndarray, cs: float | np.ndarray
-    ) -> float | np.ndarray:
-        return groundedness(gctx, rs, cs, self.alpha)
-
-    def predict(
-        self, gctx: float | np.ndarray, rs: float | np.ndarray, cs: float | np.ndarray
-    ) -> np.ndarray:
-        """1 = hallucinated (not grounded enough), 0 = grounded; a NaN score counts as G = 0."""
-        g = np.nan_to_num(np.asarray(self.score(gctx, rs, cs), dtype=np.float64), nan=0.0)
-        return (g <= self.threshold).astype(np.int64)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "alpha": self.alpha,
-            "threshold": self.threshold,
-            "balanced_accuracy": self.balanced_accuracy,
-            "grid": [list(g) for g in self.grid],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GroundednessFit:
-        return cls(
-            alpha=float(d["alpha"]),
-            threshold=float(d["threshold"]),
-            balanced_accuracy=float(d["balanced_accuracy"]),
-            grid=tuple(tuple(float(v) for v in g) for g in d.get("grid", ())),
-        )
-
-
-def fit_groundedness(
-    gctx: Sequence[float] | np.ndarray,
-    rs: Sequence[float] | np.ndarray,
-    cs: Sequence[float] | np.ndarray,
-    y: Sequence[int] | np.ndarray,
-    alphas: Sequence[float] | np.ndarray | None = None,
-) -> GroundednessFit:
-    """Choose α (grid, default 0, 0.05, …, 1) and T on validation data (``y``: 1 = hallucinated).
-
-    For each α the threshold is the one of maximal balanced accuracy
-    (:func:`hallugraph.evaluate.choose_threshold` on the hallucination score −G); the α with
-    the best balanced accuracy wins (ties: the smallest α). NaN scores (an empty graph) count
-    as G = 0, i.e. ungrounded.
-    """
-    from hallugraph.evaluate import balanced_accuracy, choose_threshold
-
-    y_arr = np.asarray(y, dtype=np.int64).reshape(-1)
-    if len(np.unique(y_arr)) < 2:
-        raise ValueError("fit_groundedness needs both grounded (0) and hallucinated (1) examples")
-    grid_alphas = np.linspace(0.0, 1.0, 21) if alphas is None else np.asarray(alphas, float)
-    rows: list[tuple[float, float, float]] = []
-    for a in grid_alphas:
-        g = np.nan_to_num(np.asarray(groundedness(gctx, rs, cs, float(a))).reshape(-1), nan=0.0)
-        if len(g) != len(y_arr):
-            raise ValueError(f"{len(g)} scores for {len(y_arr)} labels")
-        t, _ = choose_threshold(y_arr, -g)  # hallucinated when -G >= t, i.e. G <= -t
-        bacc = balanced_accuracy(y_arr, (g <= -t).astype(np.int64))
-        rows.append((float(a), float(-t), float(bacc)))
-    best = max(range(len(rows)), key=lambda i: (rows[i][2], -rows[i][0]))
-    a, t, b = rows[best]
-    return GroundednessFit(alpha=a, threshold=t, balanced_accuracy=b, grid=tuple(rows))

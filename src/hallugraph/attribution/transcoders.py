@@ -90,6 +90,7 @@ __all__ = [
     "halueval_train_questions",
     "layer_activations",
     "load_exported",
+    "random_transcoder_set",
     "train_transcoders",
     "write_transcoder_set",
 ]
@@ -390,6 +391,37 @@ def write_transcoder_set(
     }
     _atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     return out
+
+
+def random_transcoder_set(
+    out: str | os.PathLike[str],
+    n_layers: int,
+    d_model: int,
+    width: int,
+    *,
+    seed: int = 0,
+    enc_scale: float = 0.3,
+    dec_scale: float = 0.1,
+    jumprelu_layers: Sequence[int] = (),
+    threshold: float = 0.05,
+    scan: str | None = None,
+) -> Path:
+    """Untrained transcoders (Gaussian ``W_enc``/``W_dec``, zero biases) in circuit-tracer's
+    format, for tests and smoke-testing cost: the graphs they give are real-sized but mean
+    nothing. Layers in ``jumprelu_layers`` get a JumpReLU ``threshold``."""
+    g = torch.Generator().manual_seed(seed)
+    layers = []
+    for i in range(n_layers):
+        t = {
+            "W_enc": torch.randn(width, d_model, generator=g) * enc_scale,
+            "W_dec": torch.randn(width, d_model, generator=g) * dec_scale,
+            "b_enc": torch.zeros(width),
+            "b_dec": torch.zeros(d_model),
+        }
+        if i in set(jumprelu_layers):
+            t["activation_function.threshold"] = torch.full((width,), float(threshold))
+        layers.append(t)
+    return write_transcoder_set(out, layers, scan=scan)
 
 
 @dataclass

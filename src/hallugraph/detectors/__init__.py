@@ -7,6 +7,10 @@ in ``stats``, and serializes to JSON + safetensors (never pickle) through ``get_
 
 Adding a detector: one new module in this package with a :class:`Detector` subclass decorated
 with :func:`register`, and one import line in :func:`_load_builtin`.
+
+A detector that cannot run on some data at all (its statistic was never computed for that run,
+e.g. attribution scores) raises :class:`NotApplicable`; ``evaluate`` then skips it on that run
+instead of reporting an error.
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hallugraph.features import FeatureTable
+
+
+class NotApplicable(ValueError):
+    """The detector cannot run on these traces at all (e.g. the statistic it reads was never
+    computed for this run); :func:`hallugraph.evaluate.evaluate` skips it on that run."""
 
 
 class Detector:
@@ -60,6 +69,7 @@ def _load_builtin() -> None:
     # one line per detector module
     from hallugraph.detectors import (  # noqa: F401
         charm,
+        groundedness,
         hallushift,
         lapeigvals,
         llm_check,

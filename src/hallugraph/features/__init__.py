@@ -47,6 +47,13 @@ class Statistic:
         """Parameters that change the result (part of the cache key)."""
         return {}
 
+    def prepare(self, store: TraceStore) -> str | None:
+        """Called once per run before :meth:`compute`, for statistics that read data kept beside
+        the run rather than in its traces (e.g. attribution scores): load it, and return a digest
+        of it, which joins the cache key so that the cache follows changes to that data.
+        ``None`` (the default): the statistic reads the traces only."""
+        return None
+
     def compute(self, trace: Mapping[str, Any], run_info: Mapping[str, Any]) -> np.ndarray:
         """The statistic of one trace: an array whose shape is the same for every trace of a
         run (cast to ``dtype`` for the cache)."""
@@ -69,6 +76,7 @@ def _load_builtin() -> None:
     from hallugraph.features import (  # noqa: F401
         attention,
         charm,
+        groundedness,
         hallushift,
         hidden,
         llm_check,
@@ -84,13 +92,15 @@ def get_statistic(name: str) -> Statistic:
     return STATISTICS[name]()
 
 
-def _cache_key(stat: Statistic, rows: Sequence[Mapping[str, Any]]) -> str:
+def _cache_key(stat: Statistic, rows: Sequence[Mapping[str, Any]], extra: str | None = None) -> str:
     payload = {
         "name": stat.name,
         "version": stat.version,
         "params": stat.params(),
         "traces": hashlib.sha256("\n".join(r["question_id"] for r in rows).encode()).hexdigest(),
     }
+    if extra is not None:  # only statistics with a prepare() digest: other keys stay as they were
+        payload["run"] = extra
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -123,6 +133,7 @@ def compute_stats(
     """
     store = run if isinstance(run, TraceStore) else TraceStore(run)
     stats = [get_statistic(n) for n in dict.fromkeys(names)]
+    extra = {st.name: st.prepare(store) for st in stats}
     wanted = set(shards) if shards is not None else None
     by_shard: dict[str, list[dict[str, Any]]] = {}
     for row in store.manifest:
@@ -133,7 +144,7 @@ def compute_stats(
     for shard, rows in by_shard.items():
         todo = []
         for st in stats:
-            key = _cache_key(st, rows)
+            key = _cache_key(st, rows, extra[st.name])
             cached = _read_cache(_cache_path(store.dir, st, shard), key)
             if cached is not None and len(cached) == len(rows):
                 parts[st.name].append(cached)

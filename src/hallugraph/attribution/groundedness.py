@@ -1,0 +1,429 @@
+"""Gctx, RS and CS of every trace of a run, from circuit-tracer attribution graphs
+(``hallugraph groundedness RUN``), stored beside the run for the ``groundedness`` statistic and
+detectors.
+
+**Which traces.** Those with a context span (``context_span`` in the manifest: the retrieved
+document's token span in the prompt, e.g. HaluEval-QA); a run without any is refused.
+
+**Which graph.** The sequence attributed is the trace's own tokens (``tokens`` = prompt +
+answer, as extracted), starting with the BOS (:func:`~hallugraph.attribution.tracer.
+attribution_tokens`), and the logit attributed is the *actual* answer token (not the model's
+top guesses), with its probability as the logit weight. circuit-tracer 0.5.0 attributes logits
+at the last position of the sequence only (``attribute`` computes every target at ``n_pos - 1``;
+``attribution_targets`` picks which vocabulary entries, not where), so answer token ``k`` is
+attributed from the prefix ``prompt + answer[:k]``:
+
+* ``targets="first"`` (default): one graph, prefix = the prompt, target = the first answer
+  token (the answer's commitment);
+* ``targets="all"``: one graph per answer content token (the answer without its final
+  end-of-turn token; at most ``max_answer_tokens``), prefix = prompt + the answer before it;
+  Gctx, RS and CS are the means over those graphs (NaN-aware). Costs one attribution per token.
+
+The context positions are the span's tokens shifted by the BOS when one is prepended; Gctx
+leaves out position 0 (:func:`~hallugraph.attribution.scores.scores_from_graph`).
+
+**Storage, resume.** ``RUN/attribution/groundedness.json`` (format in
+:mod:`hallugraph.features.groundedness`), keyed by trace id, with the settings the graphs were
+built with. The file is replaced atomically after every ``save_every`` traces (default 1) and
+when the command stops for any reason, so an interruption loses at most the trace in progress;
+running again skips the traces already scored. Settings that change the scores (transcoders,
+node budget, targets, dtype) must match the stored ones (``overwrite=True`` discards them). One
+process per run: two processes scoring the same run would overwrite each other's file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from hallugraph.attribution.scores import GraphScores, scores_from_graph
+from hallugraph.attribution.tracer import attribute_tokens, attribution_tokens
+from hallugraph.features.groundedness import read_scores, scores_path, write_scores
+from hallugraph.features.logits import answer_content
+from hallugraph.store import TraceStore
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DTYPES",
+    "TARGETS",
+    "AttributionSettings",
+    "GroundednessSummary",
+    "answer_offsets",
+    "attribute_answer_token",
+    "context_rows",
+    "default_device",
+    "find_transcoders",
+    "load_for_run",
+    "model_dir_of",
+    "resolve_transcoders",
+    "score_run",
+    "score_trace",
+    "transcoders_digest",
+]
+
+TARGETS = ("first", "all")
+DTYPES = ("float32", "bfloat16", "float16")
+_MATCHING = ("transcoders_digest", "max_feature_nodes", "targets", "max_answer_tokens", "dtype")
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """How each trace's graphs are built."""
+
+    max_feature_nodes: int | None = 64
+    """Feature nodes per graph (``None``: every active feature; circuit-tracer's CLI uses
+    7500). Gctx moves with it, so keep it fixed across the traces compared."""
+    targets: str = "first"
+    """``first`` (the first answer token) or ``all`` (every answer content token, averaged)."""
+    max_answer_tokens: int | None = None
+    """``targets="all"``: at most this many answer tokens (the first ones)."""
+    batch_size: int = 64
+    """Source nodes per backward pass (memory, not results)."""
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.targets not in TARGETS:
+            raise ValueError(f"targets must be one of {', '.join(TARGETS)}, not {self.targets!r}")
+        if self.max_feature_nodes is not None and self.max_feature_nodes < 1:
+            raise ValueError("max_feature_nodes must be at least 1 (or None for all)")
+        if self.max_answer_tokens is not None and self.max_answer_tokens < 1:
+            raise ValueError("max_answer_tokens must be at least 1")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.targets == "first":  # meaningless there: normalized so settings compare equal
+            object.__setattr__(self, "max_answer_tokens", None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# locating the model and the transcoders
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def model_dir_of(store: TraceStore, model: str | os.PathLike[str] | None = None) -> str:
+    """The checkpoint to attribute with: ``model`` when given, else the run's model resolved as
+    :func:`hallugraph.models.resolve_source` does (the converted SmolLM2 checkpoint in the
+    cache for the default model)."""
+    from hallugraph.models import resolve_source
+
+    if model is not None:
+        return str(Path(model).expanduser())
+    name = store.info.get("model")
+    if not name:
+        raise ValueError(f"{store.dir}/run.json names no model: pass --model DIR")
+    return resolve_source(str(name))
+
+
+def find_transcoders(model: str) -> Path:
+    """The only transcoder set under ``~/.cache/hallugraph/transcoders/<model>/`` (where
+    ``hallugraph transcoders train`` writes by default); an error when there is none or
+    several."""
+    from hallugraph.config import cache_dir
+    from hallugraph.models import model_slug
+
+    root = cache_dir() / "transcoders" / model_slug(model)
+    found = sorted(p for p in root.glob("*") if (p / "config.yaml").is_file())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ValueError(
+            f"no transcoder set found under {root}: train one with `hallugraph transcoders "
+            "train`, or pass --transcoders DIR"
+        )
+    names = ", ".join(p.name for p in found)
+    raise ValueError(f"several transcoder sets under {root} ({names}): pick one with --transcoders")
+
+
+def resolve_transcoders(transcoders: str | os.PathLike[str] | None, model: str) -> Path:
+    """``transcoders`` checked (a folder with ``config.yaml`` and ``layer_*.safetensors``), or
+    :func:`find_transcoders` of the run's model."""
+    if transcoders is None:
+        return find_transcoders(model)
+    tdir = Path(transcoders).expanduser().resolve()
+    if not tdir.is_dir():
+        raise ValueError(f"transcoder folder {tdir} does not exist")
+    if not (tdir / "config.yaml").is_file() or not any(tdir.glob("layer_*.safetensors")):
+        raise ValueError(
+            f"{tdir} is not a transcoder set (config.yaml + layer_*.safetensors, as written by "
+            "`hallugraph transcoders train`)"
+        )
+    return tdir
+
+
+def transcoders_digest(tdir: str | os.PathLike[str]) -> str:
+    """A cheap fingerprint of a transcoder set: ``config.yaml``, and each layer file's name,
+    size and first and last MiB (weights differ there whenever training changed them)."""
+    tdir = Path(tdir)
+    h = hashlib.sha256((tdir / "config.yaml").read_bytes())
+    for f in sorted(tdir.glob("layer_*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(2**20))
+            if size > 2**21:
+                fh.seek(size - 2**20)
+                h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def load_for_run(
+    store: TraceStore,
+    transcoders: Path,
+    *,
+    model: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    dtype: str = "float32",
+) -> Any:
+    """A circuit-tracer ``ReplacementModel`` of the run's model with ``transcoders``."""
+    from hallugraph.attribution.tracer import load_replacement_model
+
+    return load_replacement_model(
+        model_dir_of(store, model),
+        transcoders,
+        device=device or default_device(),
+        dtype=getattr(torch, dtype),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# one trace
+
+
+def context_rows(store: TraceStore) -> list[dict[str, Any]]:
+    """Manifest rows of the traces that have a context span, in run order."""
+    return [r for r in store.manifest if r.get("context_span")]
+
+
+def answer_offsets(
+    row: Mapping[str, Any], targets: str = "first", max_answer_tokens: int | None = None
+) -> list[int]:
+    """Offsets ``k`` in the answer of the tokens attributed (see the module docstring)."""
+    if int(row.get("answer_len", 0)) < 1:
+        raise ValueError(f"trace {row.get('question_id')} has no answer token to attribute")
+    if targets == "first":
+        return [0]
+    if targets != "all":
+        raise ValueError(f"targets must be one of {', '.join(TARGETS)}, not {targets!r}")
+    ks = list(range(answer_content(row).stop))
+    return ks[:max_answer_tokens] if max_answer_tokens else ks
+
+
+def attribute_answer_token(
+    replacement_model: Any,
+    row: Mapping[str, Any],
+    k: int = 0,
+    *,
+    max_feature_nodes: int | None = 64,
+    batch_size: int = 64,
+) -> tuple[Any, list[int], int]:
+    """The graph of answer token ``k`` of a trace: ``(graph, context positions, shift)``.
+
+    Attributes ``tokens[: prompt_len + k]`` (BOS first) with the actual token
+    ``tokens[prompt_len + k]`` as the only logit target.
+    """
+    span = row.get("context_span")
+    if not span:
+        raise ValueError(f"trace {row.get('question_id')} has no context span")
+    tokens = [int(t) for t in row["tokens"]]
+    p = int(row["prompt_len"])
+    if not 0 <= k < int(row["answer_len"]):
+        raise ValueError(f"answer token {k} out of range: the answer has {row['answer_len']}")
+    ids, shift = attribution_tokens(replacement_model.tokenizer, tokens[: p + k])
+    target = torch.tensor([tokens[p + k]], dtype=torch.long)
+    graph = attribute_tokens(
+        replacement_model,
+        ids,
+        max_feature_nodes=max_feature_nodes,
+        batch_size=batch_size,
+        attribution_targets=target,
+    )
+    ctx = [i + shift for i in range(int(span[0]), int(span[1]))]
+    return graph, ctx, shift
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def score_trace(
+    replacement_model: Any, row: Mapping[str, Any], settings: AttributionSettings
+) -> dict[str, Any]:
+    """The stored record of one trace: Gctx, RS, CS (means over its graphs), mean feature
+    nodes per graph, context positions, number of graphs, mean target probability, seconds."""
+    t0 = time.perf_counter()
+    scores: list[GraphScores] = []
+    probs: list[float] = []
+    for k in answer_offsets(row, settings.targets, settings.max_answer_tokens):
+        graph, ctx, _ = attribute_answer_token(
+            replacement_model,
+            row,
+            k,
+            max_feature_nodes=settings.max_feature_nodes,
+            batch_size=settings.batch_size,
+        )
+        scores.append(scores_from_graph(graph, ctx))
+        probs.append(float(graph.logit_probabilities[0]))
+        del graph
+    return {
+        "index": int(row.get("index", -1)),
+        "gctx": _mean([s.gctx for s in scores]),
+        "rs": _mean([s.rs for s in scores]),
+        "cs": _mean([s.cs for s in scores]),
+        "n_features": round(sum(s.n_features for s in scores) / len(scores)),
+        "n_context": scores[0].n_context,
+        "n_graphs": len(scores),
+        "target_prob": _mean(probs),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# a run
+
+
+@dataclass
+class GroundednessSummary:
+    """What :func:`score_run` did."""
+
+    path: Path
+    eligible: int
+    """Traces with a context (within ``limit``)."""
+    already: int
+    """Scored by an earlier invocation (skipped)."""
+    scored: int
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    """``(question_id, error)`` of traces that could not be scored (retried next time)."""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "eligible": self.eligible,
+            "already": self.already,
+            "scored": self.scored,
+            "failed": len(self.failed),
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def _check_settings(stored: Mapping[str, Any] | None, new: Mapping[str, Any], n: int, path: Path):
+    if not stored or not n:
+        return
+    diff = [k for k in _MATCHING if stored.get(k) != new.get(k)]
+    if diff:
+        raise ValueError(
+            f"{path} holds {n} scores made with other settings ({', '.join(diff)} differ: "
+            + ", ".join(f"{k}={stored.get(k)!r}" for k in diff)
+            + "); re-run with those settings to resume, or --overwrite to discard them"
+        )
+
+
+def score_run(
+    run: str | os.PathLike[str],
+    transcoders: str | os.PathLike[str] | None = None,
+    settings: AttributionSettings | None = None,
+    *,
+    model: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    limit: int | None = None,
+    overwrite: bool = False,
+    save_every: int = 1,
+    progress: bool = True,
+    replacement_model: Any = None,
+    log_fn: Callable[[str], None] | None = None,
+) -> GroundednessSummary:
+    """Score every trace of ``run`` that has a context (the first ``limit`` of them) and is not
+    scored yet; see the module docstring. ``replacement_model`` skips loading one (it must be
+    the run's model with ``transcoders``).
+
+    Raises ``ValueError`` (nothing written) when the run has no context, the transcoder set is
+    missing, or the stored scores were made with other settings; ``ImportError`` when
+    circuit-tracer is needed and not installed.
+    """
+    t_start = time.perf_counter()
+    settings = settings or AttributionSettings()
+    say = log_fn or (lambda msg: log.info("%s", msg))
+    store = TraceStore(run)
+    rows = context_rows(store)
+    if not rows:
+        raise ValueError(
+            f"{store.dir} (dataset {store.info.get('dataset')!r}) has no trace with a context "
+            "span: Gctx needs a retrieved context (e.g. a HaluEval-QA run)"
+        )
+    if limit is not None:
+        rows = rows[: max(int(limit), 0)]
+    tdir = resolve_transcoders(transcoders, str(store.info.get("model", "")))
+    path = scores_path(store.dir)
+    payload = read_scores(store.dir)
+    new_settings = {
+        **settings.to_dict(),
+        "transcoders": str(tdir),
+        "transcoders_digest": transcoders_digest(tdir),
+        "exclude_positions": [0],
+    }
+    if overwrite:
+        payload["scores"] = {}
+    _check_settings(payload.get("settings"), new_settings, len(payload["scores"]), path)
+    payload["settings"] = new_settings
+    done = payload["scores"]
+    todo = [r for r in rows if r["question_id"] not in done]
+    summary = GroundednessSummary(path, len(rows), len(rows) - len(todo), 0)
+    if not todo:
+        if overwrite:
+            write_scores(store.dir, payload)
+        summary.seconds = time.perf_counter() - t_start
+        return summary
+
+    if replacement_model is None:
+        from hallugraph.attribution.tracer import require_circuit_tracer
+
+        require_circuit_tracer()
+        t0 = time.perf_counter()
+        replacement_model = load_for_run(
+            store, tdir, model=model, device=device, dtype=settings.dtype
+        )
+        say(f"replacement model loaded in {time.perf_counter() - t0:.1f} s ({tdir})")
+    dirty = 0
+    bar = tqdm(total=len(todo), desc="groundedness", unit="trace", disable=not progress)
+    try:
+        for row in todo:
+            qid = row["question_id"]
+            try:
+                rec = score_trace(replacement_model, row, settings)
+            except (ValueError, RuntimeError) as err:  # one bad trace must not stop the run
+                summary.failed.append((qid, f"{type(err).__name__}: {err}"))
+                log.warning("trace %s failed: %s", qid, err)
+                bar.update(1)
+                continue
+            done[qid] = rec
+            summary.scored += 1
+            dirty += 1
+            if dirty >= save_every:
+                write_scores(store.dir, payload)
+                dirty = 0
+            bar.update(1)
+            bar.set_postfix(gctx=f"{rec['gctx']:.3f}", s=f"{rec['seconds']:.1f}")
+    finally:
+        bar.close()
+        if dirty or overwrite:
+            write_scores(store.dir, payload)
+    summary.seconds = time.perf_counter() - t_start
+    return summary
