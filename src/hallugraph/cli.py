@@ -47,6 +47,13 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shard-size", type=int, default=500, help="traces per shard (default: %(default)s)"
     )
+    p.add_argument(
+        "--max-shard-mb",
+        type=float,
+        default=4096.0,
+        help="fewer traces per shard when they would pass this many MB (a shard is held in "
+        "memory until written; default: %(default)s)",
+    )
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument(
         "--data-dir", default=None, help="benchmark data folder (or $HALLUGRAPH_DATA_DIR)"
@@ -180,6 +187,7 @@ def _extract(args: argparse.Namespace, dataset: str, out: str, columns=None, lm=
         num_samples=args.num_samples,
         settings=_settings(args),
         shard_size=args.shard_size,
+        max_shard_mb=args.max_shard_mb,
         dtype=args.dtype,
         data_dir=args.data_dir,
         columns=columns,

@@ -101,8 +101,13 @@ def run_extract(
     answers_from: Mapping[str, str] | None = None,
     examples: Sequence[Example] | None = None,
     keep_tensors: bool = True,
+    max_shard_mb: float | None = 4096.0,
 ) -> ExtractSummary:
     """Answer ``num_samples`` questions of ``dataset`` and store their traces in ``out``.
+
+    A shard holds ``shard_size`` traces, or fewer when their estimated size would pass
+    ``max_shard_mb`` (the traces of one shard are held in memory until it is written, and long
+    RAG prompts make 500 of them ~10 GB); ``None`` lifts the cap.
 
     Re-running with the same arguments resumes an interrupted run. ``answers_from`` maps
     example ids to given answers that are teacher-forced instead of generated. ``examples``
@@ -158,8 +163,26 @@ def run_extract(
     bar = tqdm(
         total=len(pending), desc=f"extract {dataset_name(dataset)}", unit="ex", disable=not progress
     )
-    for start in range(0, len(pending), shard_size):
-        chunk = pending[start : start + shard_size]
+    num_layers, num_heads, hidden = (
+        int(cfg.num_hidden_layers),
+        int(cfg.num_attention_heads),
+        int(cfg.hidden_size),
+    )
+    itemsize = torch.tensor([], dtype=tdtype).element_size()
+
+    def trace_bytes(p: Prepared) -> int:
+        answer = len(p.answer_ids) if p.answer_ids is not None else settings.max_new_tokens
+        return estimate_trace_bytes(
+            len(p.prompt_ids) + answer,
+            len(prefix),
+            num_layers,
+            num_heads,
+            hidden,
+            itemsize,
+        )
+
+    cap = None if max_shard_mb is None else int(max_shard_mb * 1024 * 1024)
+    for chunk in shard_chunks(pending, shard_size, trace_bytes, cap):
         encoded: dict[str, Any] = {}
         for batch in iter_batches(chunk, settings.batch_size):
             for p, trace in _capture_with_fallback(lm, batch, settings, writer, prefix):
@@ -194,6 +217,46 @@ def run_extract(
         first_shapes=shapes,
         seconds=time.perf_counter() - t0,
     )
+
+
+def estimate_trace_bytes(
+    seq_len: int,
+    prefix_len: int,
+    num_layers: int,
+    num_heads: int,
+    hidden: int,
+    itemsize: int = 2,
+) -> int:
+    """Bytes of one stored trace of ``seq_len`` tokens whose first ``prefix_len`` rows (the
+    prompt prefix shared by the run) are stored once per run: hidden states of the other rows
+    for every layer output, and the lower triangle of those rows' attention maps."""
+    f = max(0, min(prefix_len, seq_len))
+    att_cells = (seq_len * (seq_len + 1) - f * (f + 1)) // 2
+    return itemsize * (
+        (num_layers + 1) * (seq_len - f) * hidden + num_layers * num_heads * att_cells
+    )
+
+
+def shard_chunks(
+    items: Sequence[Any], shard_size: int, size_of: Any, max_bytes: int | None
+) -> list[list[Any]]:
+    """Consecutive chunks of ``items``: at most ``shard_size`` each and, when ``max_bytes`` is
+    set, at most ``max_bytes`` of ``size_of(item)`` in total (but never empty)."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    chunks: list[list[Any]] = []
+    cur: list[Any] = []
+    total = 0
+    for it in items:
+        b = size_of(it) if max_bytes is not None else 0
+        if cur and (len(cur) >= shard_size or (max_bytes is not None and total + b > max_bytes)):
+            chunks.append(cur)
+            cur, total = [], 0
+        cur.append(it)
+        total += b
+    if cur:
+        chunks.append(cur)
+    return chunks
 
 
 def _prune(run_dir: Path, shard: str) -> None:
