@@ -59,3 +59,19 @@ class MeanEntropy(_LogitScore):
 
     name = "mean_entropy"
     column, sign = _COLUMNS["mean_entropy"]
+
+
+@register
+class AnswerLength(_LogitScore):
+    """Control, not a detector: the answer's length in tokens (longer = more suspicious).
+
+    A detector that does no better than this on a dataset may be reading the answers' length.
+    """
+
+    name = "answer_length"
+    family = "control"
+    stats = ("answer_length",)
+    column, sign = 0, 1.0
+
+    def _raw(self, X: FeatureTable) -> np.ndarray:
+        return self.sign * X.stat("answer_length")[:, self.column].astype(np.float64)

@@ -33,3 +33,15 @@ class LogitStats(Statistic):
         lp = np.asarray(trace["token_logprobs"], dtype=np.float64)[span]
         ent = np.asarray(trace["token_entropy"], dtype=np.float64)[span]
         return np.array([-lp.mean(), lp.mean(), lp.min(), ent.mean(), ent.max()], np.float32)
+
+
+@register
+class AnswerLength(Statistic):
+    """``[n]``: the number of answer content tokens (without the final end-of-turn token), a
+    control for detectors that might only read how long the answer is."""
+
+    name = "answer_length"
+
+    def compute(self, trace: Mapping[str, Any], run_info: Mapping[str, Any]) -> np.ndarray:
+        span = answer_content(trace)
+        return np.array([span.stop - span.start], np.float32)
