@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -383,7 +384,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "hallugraph: interrupted; completed shards are kept, re-run to resume", file=sys.stderr
+            "hallugraph: interrupted; what was completed is kept (written atomically), re-run "
+            "the same command to resume",
+            file=sys.stderr,
         )
+        if args.command in ("groundedness", "attribution"):
+            # circuit-tracer / nnsight leave native threads behind that abort the interpreter's
+            # shutdown ("terminate called without an active exception"); everything is on disk
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     return 0
