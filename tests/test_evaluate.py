@@ -333,3 +333,31 @@ def test_peak_rss_sees_a_temporary_allocation():
         del a
     assert big.extra_mb >= 50, big.extra_mb  # freed before exit: only the sampler saw it
     assert small.extra_mb < 20
+
+
+def test_length_matched_auroc_ignores_what_length_explains():
+    from hallugraph.evaluate import bootstrap_indices, length_matched_auroc, roc_auc
+
+    y = np.array([1, 1, 1, 0, 0, 0])
+    lengths = np.array([10, 20, 21, 3, 10, 4])
+    by_length = lengths.astype(float)  # a "detector" that reads only the length
+    assert roc_auc(y, by_length) > 0.9
+    out = length_matched_auroc(y, by_length, lengths, tol=2)
+    assert out["n_pairs_lm"] == 1  # only the two 10-token answers are matched
+    assert out["auroc_lm"] == 0.5  # a tie
+    # a detector with a real signal keeps it on the matched pairs
+    signal = y + 0.01 * lengths
+    assert length_matched_auroc(y, signal, lengths, tol=2)["auroc_lm"] == 1.0
+    # wider tolerance: pos 10 also meets neg 4 (not 3); pos 20 and 21 still meet nothing
+    assert length_matched_auroc(y, by_length, lengths, tol=6)["n_pairs_lm"] == 2
+    # no matched pair: undefined, not a number pretending to be one
+    far = length_matched_auroc(y, by_length, np.array([50, 60, 70, 1, 2, 3]), tol=2)
+    assert far["n_pairs_lm"] == 0 and np.isnan(far["auroc_lm"])
+    # the bootstrap CI brackets the point estimate
+    rng = np.random.default_rng(0)
+    y2 = rng.integers(0, 2, 200)
+    len2 = rng.integers(1, 30, 200)
+    s2 = y2 + rng.normal(0, 1, 200)
+    res = length_matched_auroc(y2, s2, len2, idx=bootstrap_indices(200, 200, 0))
+    assert res["auroc_lm_lo"] <= res["auroc_lm"] <= res["auroc_lm_hi"]
+    assert 0.6 < res["auroc_lm"] < 0.9

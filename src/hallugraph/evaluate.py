@@ -17,6 +17,9 @@ Protocol (one run = one dataset):
   percentile bootstrap CI over test items (``bootstrap`` resamples, fixed seed, the same
   resamples for every detector of a dataset; resamples with a single class are skipped).
   A metric that is undefined (a test split with one class) is NaN with a note, never a crash.
+* **Length-matched AUROC** (:func:`length_matched_auroc`): AUROC over the (hallucinated,
+  correct) test pairs whose answers differ by at most ``LENGTH_TOL`` tokens, with its CI over the
+  same resamples and the number of pairs: what a detector knows beyond the answer's length.
 * **Transfer** (several runs): a detector fitted on run A's train split, with A's validation
   threshold, scores run B's test split: one AUROC [CI] matrix per detector (the diagonal is the
   in-dataset result).
@@ -54,6 +57,7 @@ from tqdm.auto import tqdm
 
 from hallugraph.detectors import NotApplicable
 from hallugraph.features import FeatureTable
+from hallugraph.features.logits import answer_content
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,8 @@ __all__ = [
 METRICS = ("auroc", "aupr", "acc", "f1")
 _METRIC_TITLES = {"auroc": "AUROC", "aupr": "AUPR", "acc": "Acc", "f1": "F1"}
 SPLITS = ("train", "val", "test")
+LENGTH_TOL = 2
+"""Answers within this many tokens of each other count as length-matched."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,6 +318,52 @@ def metrics_with_ci(
     return out, notes
 
 
+def length_matched_auroc(
+    y: np.ndarray,
+    s: np.ndarray,
+    lengths: np.ndarray,
+    *,
+    tol: int = LENGTH_TOL,
+    idx: np.ndarray | None = None,
+    alpha: float = 0.05,
+) -> dict[str, float]:
+    """AUROC over length-matched pairs only: the share of (hallucinated, correct) pairs whose
+    answers differ by at most ``tol`` tokens in which the hallucinated one scores higher (ties
+    count half). A detector that reads nothing but length scores 0.5 on it (up to ``tol``).
+
+    Returns ``auroc_lm`` with its percentile-bootstrap CI (``idx``: the same resamples as the
+    other metrics; a resample counts its items with their multiplicity) and ``n_pairs_lm``, the
+    number of matched pairs (NaN metric when there is none).
+    """
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    s = np.asarray(s, dtype=np.float64).reshape(-1)
+    n_len = np.asarray(lengths, dtype=np.float64).reshape(-1)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    matched = np.abs(n_len[pos][:, None] - n_len[neg][None, :]) <= tol
+    wins = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])
+    out = {
+        "auroc_lm": float("nan"),
+        "auroc_lm_lo": float("nan"),
+        "auroc_lm_hi": float("nan"),
+        "n_pairs_lm": int(matched.sum()),
+    }
+    if not matched.any():
+        return out
+    out["auroc_lm"] = float((wins * matched).sum() / matched.sum())
+    if idx is not None and len(idx):
+        counts = np.zeros((len(idx), len(y)))
+        np.add.at(counts, (np.repeat(np.arange(len(idx)), idx.shape[1]), idx.reshape(-1)), 1.0)
+        wp, wn = counts[:, pos], counts[:, neg]
+        den = np.einsum("bp,pn,bn->b", wp, matched.astype(np.float64), wn)
+        num = np.einsum("bp,pn,bn->b", wp, wins * matched, wn)
+        ok = den > 0
+        if ok.sum() >= 10:
+            vals = num[ok] / den[ok]
+            out["auroc_lm_lo"] = float(np.quantile(vals, alpha / 2))
+            out["auroc_lm_hi"] = float(np.quantile(vals, 1 - alpha / 2))
+    return out
+
+
 def _pct(y: np.ndarray) -> float:
     return float(100 * np.mean(y)) if len(y) else float("nan")
 
@@ -431,6 +483,10 @@ RESULT_COLUMNS = [
     "n_test",
     "pct_halluc_test",
     *[f"{m}{x}" for m in METRICS for x in ("", "_lo", "_hi")],
+    "auroc_lm",
+    "auroc_lm_lo",
+    "auroc_lm_hi",
+    "n_pairs_lm",
     "threshold",
     "fit_s",
     "fit_peak_mb",
@@ -504,13 +560,14 @@ class EvalReport:
         lines += [
             "",
             "| dataset | detector | family | AUROC [95% CI] | AUPR [95% CI] | Acc [95% CI] "
-            "| F1 [95% CI] | fit s | fit MB | notes |",
-            "|---|---|---|---|---|---|---|---:|---:|---|",
+            "| F1 [95% CI] | AUROC len-matched [95% CI] (pairs) | fit s | fit MB | notes |",
+            "|---|---|---|---|---|---|---|---|---:|---:|---|",
         ]
         for r in self.results:
             note = f"error: {r['error']}" if r.get("error") else r.get("notes", "")
             note = str(note).replace("|", "\\|").replace("\n", " ")
             cells = [_fmt_ci(r, m) for m in METRICS]
+            cells.append(f"{_fmt_ci(r, 'auroc_lm')} ({r.get('n_pairs_lm', '')})")
             lines.append(
                 f"| {r['dataset']} | {r['detector']} | {r['family']} | "
                 + " | ".join(cells)
@@ -635,6 +692,8 @@ class _Run:
     y: np.ndarray
     idx: dict[str, np.ndarray]
     boot: np.ndarray
+    lengths: np.ndarray
+    """Answer content tokens per trace (for the length-matched AUROC)."""
 
 
 def _dataset_names(tables: Sequence[FeatureTable], runs: Sequence[Path]) -> list[str]:
@@ -678,6 +737,7 @@ def _load_runs(
                 y,
                 {"train": tr, "val": va, "test": te},
                 bootstrap_indices(len(te), boot, seed),
+                np.array([answer_content(r).stop for r in t.rows], dtype=np.int64),
             )
         )
     return out
@@ -849,6 +909,8 @@ def _evaluate_one(
         "n_test": int(len(te)),
         "pct_halluc_test": _pct(y_te),
         **{f"{m}{x}": float("nan") for m in METRICS for x in ("", "_lo", "_hi")},
+        **{f"auroc_lm{x}": float("nan") for x in ("", "_lo", "_hi")},
+        "n_pairs_lm": 0,
         "threshold": float("nan"),
         "fit_s": float("nan"),
         "fit_peak_mb": float("nan"),
@@ -876,6 +938,7 @@ def _evaluate_one(
         row["threshold"] = threshold
         metrics, mnotes = metrics_with_ci(y_te, s_te, threshold, idx=run.boot, n_boot=n_boot)
         row.update(metrics)
+        row.update(length_matched_auroc(y_te, s_te, run.lengths[te], idx=run.boot))
         notes += mnotes
         curves[run.name][name] = (y_te, s_te)
     except NotApplicable as err:  # e.g. no attribution scores for this run: skip, no row
