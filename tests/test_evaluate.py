@@ -320,17 +320,19 @@ def test_single_class_test_split_no_crash(tiny_run, tmp_path):
 
 
 def test_peak_rss_sees_a_temporary_allocation():
-    import numpy as np
 
     with PeakRSS(interval=0.001) as small:
         pass
-    with PeakRSS(interval=0.001) as big:
-        a = np.ones(64 * 2**20 // 8)  # 64 MB, touched
-        a += 1
-        import time
+    import mmap
+    import time
 
+    with PeakRSS(interval=0.001) as big:
+        # 64 MB of fresh anonymous pages, touched (a malloc'd array could reuse pages the
+        # process already holds after earlier tests, and then RSS would not grow)
+        buf = mmap.mmap(-1, 64 * 2**20)
+        buf.write(b"\x01" * (64 * 2**20))
         time.sleep(0.05)
-        del a
+        buf.close()
     assert big.extra_mb >= 50, big.extra_mb  # freed before exit: only the sampler saw it
     assert small.extra_mb < 20
 
