@@ -49,7 +49,8 @@ class StoreError(RuntimeError):
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    """Write ``text`` to a temporary file (own name per process), fsync, rename over ``path``."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
         fh.flush()

@@ -28,6 +28,8 @@ import torch
 
 from hallugraph.attribution.groundedness import AttributionSettings, attribute_answer_token
 from hallugraph.attribution.scores import GraphLayout, scores_from_graph
+from hallugraph.evaluate import _jsonable
+from hallugraph.store import _atomic_write_text
 
 __all__ = [
     "attribute_trace",
@@ -116,23 +118,9 @@ def write_viewer_files(
     files = [out / f"{slug}.json", out / "graph-metadata.json"]
     if info is not None:
         path = out / f"{slug}.scores.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(_jsonable(info), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        _atomic_write_text(path, json.dumps(_jsonable(info), indent=2) + "\n")
         files.append(path)
     return files
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    return v
 
 
 def serve_viewer(out: str | os.PathLike[str], port: int) -> Any:

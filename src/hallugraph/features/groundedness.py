@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from hallugraph.features import Statistic, register
-from hallugraph.store import TraceStore
+from hallugraph.store import TraceStore, _atomic_write_text
 
 SCORES_DIR = "attribution"
 SCORES_FILE = "groundedness.json"
@@ -87,12 +87,7 @@ def write_scores(run_dir: str | os.PathLike[str], payload: Mapping[str, Any]) ->
     path = scores_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_null_nan(dict(payload)), indent=1, sort_keys=True, allow_nan=False)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    _atomic_write_text(path, text + "\n")
     return path
 
 
