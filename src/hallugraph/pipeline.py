@@ -23,7 +23,7 @@ from hallugraph.extract import (
     shared_prefix_len,
 )
 from hallugraph.models import HF_NAMES, LoadedModel, load_model, model_slug
-from hallugraph.store import TraceStore, TraceWriter
+from hallugraph.store import TraceStore, TraceWriter, tril_size
 
 
 @dataclass
@@ -163,22 +163,16 @@ def run_extract(
     bar = tqdm(
         total=len(pending), desc=f"extract {dataset_name(dataset)}", unit="ex", disable=not progress
     )
-    num_layers, num_heads, hidden = (
-        int(cfg.num_hidden_layers),
-        int(cfg.num_attention_heads),
-        int(cfg.hidden_size),
-    )
-    itemsize = torch.tensor([], dtype=tdtype).element_size()
 
     def trace_bytes(p: Prepared) -> int:
         answer = len(p.answer_ids) if p.answer_ids is not None else settings.max_new_tokens
         return estimate_trace_bytes(
             len(p.prompt_ids) + answer,
             len(prefix),
-            num_layers,
-            num_heads,
-            hidden,
-            itemsize,
+            run_info["num_layers"],
+            run_info["num_heads"],
+            run_info["hidden_size"],
+            tdtype.itemsize,
         )
 
     cap = None if max_shard_mb is None else int(max_shard_mb * 1024 * 1024)
@@ -231,7 +225,7 @@ def estimate_trace_bytes(
     prompt prefix shared by the run) are stored once per run: hidden states of the other rows
     for every layer output, and the lower triangle of those rows' attention maps."""
     f = max(0, min(prefix_len, seq_len))
-    att_cells = (seq_len * (seq_len + 1) - f * (f + 1)) // 2
+    att_cells = tril_size(seq_len) - tril_size(f)
     return itemsize * (
         (num_layers + 1) * (seq_len - f) * hidden + num_layers * num_heads * att_cells
     )

@@ -24,7 +24,7 @@ class _LogitScore(Detector):
     sign: float
 
     def _raw(self, X: FeatureTable) -> np.ndarray:
-        return self.sign * X.stat("logit")[:, self.column].astype(np.float64)
+        return self.sign * X.stat(self.stats[0])[:, self.column].astype(np.float64)
 
     def fit(self, X: FeatureTable, y: np.ndarray) -> _LogitScore:
         s = self._raw(X)
@@ -72,6 +72,3 @@ class AnswerLength(_LogitScore):
     family = "control"
     stats = ("answer_length",)
     column, sign = 0, 1.0
-
-    def _raw(self, X: FeatureTable) -> np.ndarray:
-        return self.sign * X.stat("answer_length")[:, self.column].astype(np.float64)
