@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.hallugraph-installed
 ATTR_STAMP := $(VENV)/.hallugraph-attribution
 ARGS    ?=
 
-.PHONY: setup setup-attribution run test test-fast lint format bench benchmark-table clean
+.PHONY: setup setup-attribution run test test-fast lint format bench bench-codec benchmark-table clean
 
 setup: $(STAMP)
 
@@ -57,6 +57,10 @@ benchmark-table: setup  ## docs/BENCHMARKS.md's detector table: extract, label, 
 
 bench: setup        ## extraction speed and bytes against the seed script's approach
 	$(BIN)/python benchmarks/extract_vs_original.py $(ARGS)
+
+bench-codec: setup  ## bytes, speed and exactness of --codec predictive on 30 TriviaQA traces
+	$(BIN)/hallugraph extract --dataset triviaqa --num-samples 30 --out $(BENCH)/codec_triviaqa
+	$(BIN)/python benchmarks/store_codec.py $(BENCH)/codec_triviaqa $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

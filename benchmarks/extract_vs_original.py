@@ -8,7 +8,8 @@ layer and full attention maps, fp32, pickled.
 
 Prints: per-example time ratio original / hallugraph (target >= 20x), what capture adds on top
 of plain batched ``generate`` (target <= 25 %), and bytes per trace over the baseline record
-(target <= 1/8).
+(target <= 1/8), for the default fp16 store and for ``--codec predictive`` (whose traces are
+checked to read back bit-identical to the fp16 ones).
 
     .venv/bin/python benchmarks/extract_vs_original.py --num-samples 30
 """
@@ -91,7 +92,7 @@ def decoder_only(lm, prepared, gs, prefix):
     return time.perf_counter() - t0
 
 
-def ours(lm, examples, gs, out):
+def ours(lm, examples, gs, out, codec="fp16"):
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     run_extract(
@@ -102,6 +103,7 @@ def ours(lm, examples, gs, out):
         lm=lm,
         progress=False,
         examples=examples,
+        codec=codec,
     )
     return time.perf_counter() - t0
 
@@ -153,6 +155,9 @@ def main() -> None:
     t["plain batched generate (transformers, eager)"] = plain_generate(lm, prepared, gs, "eager")
     t["prefix-cached decoder, no capture"] = decoder_only(lm, prepared, gs, prefix)
     t["hallugraph extract (default: decoder + capture)"] = ours(lm, examples, gs, tmp / "ours")
+    t["hallugraph extract --codec predictive"] = ours(
+        lm, examples, gs, tmp / "pred", codec="predictive"
+    )
     t["hallugraph extract (generate + incremental capture)"] = ours(
         lm, examples, settings(decoder="transformers"), tmp / "hf"
     )
@@ -177,8 +182,12 @@ def main() -> None:
         t["plain batched generate (transformers, eager)"],
     )
     if not args.skip_original:
-        ratio = t["original: per-example beam-5 generate + outputs"] / t_ours
-        print(f"\nspeed-up original / hallugraph (per example): {ratio:.1f}x  (target >= 20x)")
+        t_orig = t["original: per-example beam-5 generate + outputs"]
+        print(
+            f"\nspeed-up original / hallugraph (per example): {t_orig / t_ours:.1f}x  "
+            f"(target >= 20x); with --codec predictive: "
+            f"{t_orig / t['hallugraph extract --codec predictive']:.1f}x"
+        )
     print(
         "capture cost over generation without capture: "
         f"{100 * (t_ours / t['prefix-cached decoder, no capture'] - 1):+.1f} % over the same "
@@ -196,6 +205,15 @@ def main() -> None:
     )
     print(f"  original's described record (fp32, full, pickled): {np.mean(base) / 2**20:.3f} MB")
     print(f"  ratio hallugraph / original: 1/{np.sum(base) / total:.1f}  (target <= 1/8)")
+    pred = TraceStore(tmp / "pred", model=lm)
+    for a, b in zip(store, pred, strict=True):  # lossless: the same fp16 bits
+        for field in ("hidden_states", "attentions"):
+            assert np.array_equal(a[field].view(np.uint16), b[field].view(np.uint16)), field
+    total_pred = pred.disk_usage()["total"]
+    print(
+        f"  with --codec predictive: {total_pred / n / 2**20:.3f} MB per trace, "
+        f"1/{np.sum(base) / total_pred:.1f} (read back bit-identical to the fp16 store)"
+    )
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -188,3 +188,42 @@ def test_shared_prefix_is_common_prompt_start(tiny_lm):
     assert k > 0
     assert len({tuple(p.prompt_ids[:k]) for p in prep}) == 1
     assert len({p.prompt_ids[k] for p in prep}) > 1
+
+
+def test_decoder_skips_padding_and_finished_rows(tiny_lm, tmp_path, monkeypatch):
+    """One batch of 7 with early stops: the decoder computes only real, unfinished rows (left
+    padding and finished sequences still in the batch are skipped), and traces stay exact."""
+    from hallugraph import decoding
+
+    exs = examples()
+    eos = _eos_mid_sequence(tiny_lm, exs)
+    monkeypatch.setattr(
+        tiny_lm.model.generation_config, "eos_token_id", [tiny_lm.tokenizer.eos_token_id, eos]
+    )
+    computed: list[tuple[int, int]] = []  # (rows computed, positions in the batch)
+    forward = decoding.PrefixDecoder._forward
+
+    def counting(self, ids, pos, kv, T, key_mask, rows=None):
+        hs, at = forward(self, ids, pos, kv, T, key_mask, rows)
+        computed.append((hs.shape[1], ids.numel()))
+        return hs, at
+
+    monkeypatch.setattr(decoding.PrefixDecoder, "_forward", counting)
+    gs = GenerationSettings(max_new_tokens=10, batch_size=len(exs), decoder="hallugraph")
+    run_extract(
+        model="tiny",
+        dataset="toy",
+        out=tmp_path / "run",
+        settings=gs,
+        lm=tiny_lm,
+        progress=False,
+        examples=exs,
+    )
+    store = TraceStore(tmp_path / "run")
+    for trace in store:
+        assert_trace_matches_forward(tiny_lm, trace)
+    suffixes = [r["seq_len"] - r["answer_len"] - store.info["prefix_len"] for r in store.manifest]
+    # the prompts' step (the shared prefix may have been computed by an earlier test)
+    assert (sum(suffixes), len(exs) * max(suffixes)) in computed
+    steps = [c for c in computed if c[1] == len(exs)]  # one token per sequence, none dropped yet
+    assert any(r < n for r, n in steps), "no step ran with a finished row skipped"

@@ -57,6 +57,13 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument(
+        "--codec",
+        choices=["fp16", "predictive"],
+        default="fp16",
+        help="predictive: store each fp16 tensor losslessly as its difference from the model's "
+        "own prediction (several times smaller; reading needs the model, same machine type)",
+    )
+    p.add_argument(
         "--data-dir", default=None, help="benchmark data folder (or $HALLUGRAPH_DATA_DIR)"
     )
     p.add_argument(
@@ -198,6 +205,7 @@ def _extract(args: argparse.Namespace, dataset: str, out: str, columns=None, lm=
         lm=lm,
         progress=not args.no_progress,
         keep_tensors=args.keep_tensors == "yes",
+        codec=args.codec,
     )
     print(summary.render())
     return 1 if summary.errors and not summary.total else 0

@@ -8,7 +8,11 @@ for finished sequences that keep being decoded until the longest one ends. This 
 * computes the prompt prefix that every prompt of a run shares (chat header, instruction) ONCE,
   and starts every batch from its KV cache;
 * runs grouped-query attention without copying keys and values;
-* drops a sequence from the batch as soon as its final token has been fed;
+* runs the linear layers on real rows only (no left padding, no finished sequence) and, on a
+  CPU in fp32, through oneDNN-packed weights (:func:`pack_weight`), much faster than the
+  default matmul with the few rows of a decode step;
+* drops a sequence from the batch as soon as its final token has been fed (its KV cache rows
+  are compacted away now and then);
 * records, as it goes, each position's hidden states (every layer) and attention row (every
   layer and head), plus the log-prob and entropy of each chosen token.
 
@@ -34,6 +38,44 @@ def supports(model: Any) -> bool:
     """Whether :class:`PrefixDecoder` can run this model."""
     quantized = getattr(model, "quantization_config", None) is not None
     return model.config.model_type in SUPPORTED_MODEL_TYPES and not quantized
+
+
+PACK_MAX_BYTES = 2 * 2**30
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
+    """A oneDNN-packed copy of a linear weight ``[out, in]`` (fp32, CPU), or None if this torch
+    build cannot pack it. Use it with :func:`packed_linear`.
+
+    With few rows per call, as in decoding, oneDNN's packed fp32 matmul is 1.4-3x faster here
+    than the default (MKL) path for these shapes, at fp32 accuracy.
+    """
+    if weight.device.type != "cpu" or weight.dtype != torch.float32:
+        return None
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 32)
+    except (RuntimeError, AttributeError):  # a torch build without these ops
+        return None
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T + bias`` with a weight packed by :func:`pack_weight`."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def _pack_linears(model: Any) -> dict[int, torch.Tensor]:
+    """Packed copies of every linear layer's weight, by module id (see :func:`pack_weight`).
+
+    The copies cost the weights' size again, so models whose linear weights pass
+    ``PACK_MAX_BYTES`` (2 GiB), and other devices or dtypes, keep the default path.
+    """
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if sum(m.weight.numel() * m.weight.element_size() for m in linears) > PACK_MAX_BYTES:
+        return {}
+    packed = {id(m): pack_weight(m.weight) for m in linears}
+    return {} if any(v is None for v in packed.values()) else packed
 
 
 @dataclass
@@ -76,6 +118,7 @@ class PrefixDecoder:
         self.scaling = self.D**-0.5
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        self._packed = _pack_linears(model)
         self.prefix = [int(t) for t in prefix]
         self.p = len(self.prefix)
         self.prefix_hidden: torch.Tensor | None = None
@@ -87,10 +130,22 @@ class PrefixDecoder:
             mask = torch.ones((1, self.p), dtype=torch.bool, device=self.device)
             kv = self._new_cache(1, self.p)
             hs, at = self._forward(ids, pos, kv, 0, mask)
-            self.prefix_hidden = hs[:, 0].float().cpu()
+            self.prefix_hidden = hs.float().cpu()  # [L+1, p, H]
             r, c = torch.tril_indices(self.p, self.p)
             self.prefix_attn_packed = at[:, 0][..., r, c].float().cpu()
             self.prefix_kv = kv
+
+    def _linear(self, module: Any, x: torch.Tensor) -> torch.Tensor:
+        packed = self._packed.get(id(module))
+        if packed is None:
+            return module(x)
+        return packed_linear(x, packed, module.bias)
+
+    def _mlp(self, mlp: Any, x: torch.Tensor) -> torch.Tensor:
+        if id(mlp.down_proj) not in self._packed:
+            return mlp(x)
+        gate = self._linear(mlp.gate_proj, x)
+        return self._linear(mlp.down_proj, mlp.act_fn(gate) * self._linear(mlp.up_proj, x))
 
     def _new_cache(self, batch: int, length: int) -> torch.Tensor:
         """Keys and values of every layer: ``[L, 2, batch, kv_heads, length, head_dim]``."""
@@ -104,18 +159,34 @@ class PrefixDecoder:
         kv: torch.Tensor,
         T: int,
         key_mask: torch.Tensor,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run ``ids [B, n]`` at positions ``pos`` after the ``T`` keys cached in ``kv``.
 
         Writes the new keys/values into ``kv[..., T:T+n, :]`` in place. ``key_mask [B, T+n]``
-        marks real (non-pad) keys. Returns hidden states ``[L+1, B, n, H]`` (transformers'
-        convention: the last one after the final norm) and attention ``[L, B, heads, n, T+n]``.
+        marks real (non-pad) keys. ``rows`` (indices into the flattened ``B*n`` positions) are
+        the positions worth computing: the linear layers and norms run on those rows only
+        (left padding and finished sequences cost nothing there); the other positions get
+        zero queries, keys and values, and their keys are masked. Returns hidden states
+        ``[L+1, R, H]`` of the computed rows (all ``B*n`` when ``rows`` is None, in that
+        order; transformers' convention: the last one after the final norm) and attention
+        ``[L, B, heads, n, T+n]``.
         """
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         B, n = ids.shape
-        h = self.base.embed_tokens(ids)
+        flat = ids.reshape(B * n) if rows is None else ids.reshape(B * n).index_select(0, rows)
+        h = self.base.embed_tokens(flat)  # [R, H]
         cos, sin = self.base.rotary_emb(h, pos)
+
+        def spread(t: torch.Tensor, heads: int) -> torch.Tensor:
+            """Rows ``[R, heads*D]`` -> ``[B, heads, n, D]``, zeros where not computed."""
+            if rows is not None:
+                full = t.new_zeros((B * n, t.shape[-1]))
+                full.index_copy_(0, rows, t)
+                t = full
+            return t.view(B, n, heads, self.D).transpose(1, 2)
+
         causal = torch.ones((n, T + n), dtype=torch.bool, device=self.device).tril(T)
         allowed = causal[None] & key_mask[:, None, :]  # [B, n, T+n]
         bias = torch.zeros(allowed.shape, dtype=torch.float32, device=self.device)
@@ -127,12 +198,13 @@ class PrefixDecoder:
         for i, layer in enumerate(self.base.layers):
             att = layer.self_attn
             x = layer.input_layernorm(h)
-            q = att.q_proj(x).view(B, n, self.Hq, self.D)
-            k = att.k_proj(x).view(B, n, self.Hkv, self.D)
-            v = att.v_proj(x).view(B, n, self.Hkv, self.D).transpose(1, 2)
+            lin = self._linear
+            q = spread(lin(att.q_proj, x), self.Hq)
+            k = spread(lin(att.k_proj, x), self.Hkv)
+            v = spread(lin(att.v_proj, x), self.Hkv)
             if hasattr(att, "q_norm"):
                 q, k = att.q_norm(q), att.k_norm(k)
-            q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
             kv[i, 0, :, :, T : T + n] = k
             kv[i, 1, :, :, T : T + n] = v
             K, V = kv[i, 0, :, :, : T + n], kv[i, 1, :, :, : T + n]
@@ -143,9 +215,11 @@ class PrefixDecoder:
             probs = torch.softmax(scores, dim=-1)
             attns.append(probs)
             out = torch.matmul(probs.to(V.dtype).view(B, self.Hkv, G * n, T + n), V)
-            out = out.view(B, self.Hq, n, self.D).transpose(1, 2).reshape(B, n, self.Hq * self.D)
-            h = h + att.o_proj(out)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            out = out.view(B, self.Hq, n, self.D).transpose(1, 2).reshape(B * n, self.Hq * self.D)
+            if rows is not None:
+                out = out.index_select(0, rows)
+            h = h + lin(att.o_proj, out)
+            h = h + self._mlp(layer.mlp, layer.post_attention_layernorm(h))
             hiddens.append(h)
         hiddens[-1] = self.base.norm(h)
         return torch.stack(hiddens), torch.stack(attns)
@@ -186,33 +260,41 @@ class PrefixDecoder:
         kv = self._new_cache(B, p + width + max_new_tokens + 1)
         if self.prefix_kv is not None:
             kv[..., :p, :] = self.prefix_kv
-        hs, at = self._forward(ids, pos, kv, p, key_mask)
+        # the prompts' real positions only (not the left padding), sequence after sequence
+        lens = [len(r.suffix) for r in rows]
+        real = torch.cat(
+            [torch.arange(b * width + width - s, (b + 1) * width) for b, s in enumerate(lens)]
+        )
+        hs, at = self._forward(ids, pos, kv, p, key_mask, real.to(self.device))
         T = p + width
+        ends = torch.tensor(lens).cumsum(0)
         for b, r in enumerate(rows):
             if record:
-                s = len(r.suffix)
-                r.hidden.append(hs[:, b, width - s :])
+                s = lens[b]
+                r.hidden.append(hs[:, int(ends[b]) - s : int(ends[b])])
                 block = at[:, b, :, width - s :][..., key_mask[b]]  # [L, heads, s, p+s]
                 r.attn.extend(block[:, :, i, : p + i + 1] for i in range(s))
         next_pos = pos[:, -1] + 1
-        chosen = self._choose(hs[-1][:, -1], rows)
+        chosen = self._choose(hs[-1][(ends - 1).to(self.device)], rows)
         slots: list[int | None] = list(range(B))  # batch slot -> row (None: finished)
+        alive = list(range(B))
         while True:
             x = torch.tensor(chosen, device=self.device)[:, None]
             ones = torch.ones((len(slots), 1), dtype=torch.bool, device=self.device)
             key_mask = torch.cat([key_mask, ones], 1)
-            hs, at = self._forward(x, next_pos[:, None], kv, T, key_mask)
+            # finished sequences not yet dropped from the batch are not computed
+            live = None if len(alive) == len(slots) else torch.tensor(alive, device=self.device)
+            hs, at = self._forward(x, next_pos[:, None], kv, T, key_mask, live)
             T += 1
-            for slot, b in enumerate(slots):
-                if b is None:
-                    continue
-                r = rows[b]
+            for j, slot in enumerate(alive):
+                r = rows[slots[slot]]
                 if record:
-                    r.hidden.append(hs[:, slot])
+                    r.hidden.append(hs[:, j : j + 1])
                     r.attn.append(at[:, slot, :, 0][..., key_mask[slot]])
                 r.finished = chosen[slot] in eos
                 if r.finished or len(r.answer) >= max_new_tokens:
                     slots[slot] = None
+            last = {slot: hs[-1][j] for j, slot in enumerate(alive)}  # final-norm rows
             alive = [s for s, b in enumerate(slots) if b is not None]
             if not alive:
                 break
@@ -222,11 +304,13 @@ class PrefixDecoder:
                 compact = self._new_cache(len(alive), kv.shape[4])
                 compact[..., :T, :] = kv[..., :T, :].index_select(2, idx)
                 kv, key_mask, next_pos = compact, key_mask[idx], next_pos[idx]
-                hs = hs[:, idx]
+                last = {j: last[s] for j, s in enumerate(alive)}
                 slots = [slots[s] for s in alive]
                 alive = list(range(len(slots)))
             next_pos = next_pos + 1
-            picked = self._choose(hs[-1][alive, 0], [rows[slots[s]] for s in alive])
+            picked = self._choose(
+                torch.stack([last[s] for s in alive]), [rows[slots[s]] for s in alive]
+            )
             chosen = [pad_id] * len(slots)
             for s, t in zip(alive, picked, strict=True):
                 chosen[s] = t
@@ -237,7 +321,7 @@ class PrefixDecoder:
 
     def _choose(self, last_hidden: torch.Tensor, rows: Sequence[_Row]) -> list[int]:
         """Greedy pick from the final-norm hidden state; record log-prob and entropy."""
-        logp = torch.log_softmax(self.model.lm_head(last_hidden).float(), dim=-1)
+        logp = torch.log_softmax(self._linear(self.model.lm_head, last_hidden).float(), dim=-1)
         tok = logp.argmax(-1)
         lp = logp.gather(-1, tok[:, None])[:, 0]
         ent = -(logp.exp() * logp).sum(-1)

@@ -23,7 +23,7 @@ from hallugraph.extract import (
     shared_prefix_len,
 )
 from hallugraph.models import HF_NAMES, LoadedModel, load_model, model_slug
-from hallugraph.store import TraceStore, TraceWriter, tril_size
+from hallugraph.store import StoreError, TraceStore, TraceWriter, check_codec, tril_size
 
 
 @dataclass
@@ -102,6 +102,7 @@ def run_extract(
     examples: Sequence[Example] | None = None,
     keep_tensors: bool = True,
     max_shard_mb: float | None = 4096.0,
+    codec: str = "fp16",
 ) -> ExtractSummary:
     """Answer ``num_samples`` questions of ``dataset`` and store their traces in ``out``.
 
@@ -114,10 +115,18 @@ def run_extract(
     replaces loading ``dataset`` (which then only names the run). With ``keep_tensors=False``
     every registered statistic is computed for each shard as soon as it is written, and the
     shard's raw tensors are deleted (the manifest and the statistics stay).
+    ``codec="predictive"`` stores fp16 tensors losslessly as residuals of the model's own
+    layer-by-layer prediction (:mod:`hallugraph.codec`; reading needs the model).
     """
     t0 = time.perf_counter()
     settings = settings or GenerationSettings()
     settings.capture_mode()  # validate before anything slow
+    check_codec(codec, dtype)
+    if codec == "predictive" and not keep_tensors:
+        raise StoreError(
+            "--codec predictive compresses the raw tensors that --keep-tensors no deletes: "
+            "choose one of them"
+        )
     if examples is None:
         examples = load_dataset(
             dataset, data_dir=data_dir, num_samples=num_samples, columns=columns
@@ -129,6 +138,11 @@ def run_extract(
     prepared = prepare(lm, examples, settings.template)
     prefix = prefix_tokens(lm, prepared, settings.template)
     cfg = lm.model.config
+    predictor = None
+    if codec == "predictive":
+        from hallugraph.codec import Predictor
+
+        predictor = Predictor(lm)
     run_info = {
         "model": model,
         "model_id": HF_NAMES.get(model, model),
@@ -151,6 +165,8 @@ def run_extract(
         shard_size=shard_size,
         dtype=dtype,
         prefix_tokens=prefix,
+        codec=codec,
+        predictor=predictor,
     )
     pending = [p for p in prepared if p.example.id not in writer.done_ids]
     tdtype = getattr(torch, dtype)
@@ -159,12 +175,13 @@ def run_extract(
     if not keep_tensors:  # a resumed run may hold shards written just before a kill
         for shard in writer.shards_done:
             if (Path(out) / "shards" / shard).exists():
-                _prune(Path(out), shard)
+                _prune(Path(out), shard, predictor)
     bar = tqdm(
         total=len(pending), desc=f"extract {dataset_name(dataset)}", unit="ex", disable=not progress
     )
 
     def trace_bytes(p: Prepared) -> int:
+        # the plain fp16 size; a predictive block is never larger (raw fallback) + 28 bytes
         answer = len(p.answer_ids) if p.answer_ids is not None else settings.max_new_tokens
         return estimate_trace_bytes(
             len(p.prompt_ids) + answer,
@@ -191,11 +208,11 @@ def run_extract(
         writer.flush()
         if not keep_tensors:
             for shard in writer.shards_written[len(pruned) :]:
-                _prune(Path(out), shard)
+                _prune(Path(out), shard, predictor)
                 pruned.append(shard)
     bar.close()
     writer.close()
-    store = TraceStore(out)
+    store = TraceStore(out, model=predictor)
     shapes: dict[str, tuple[int, ...]] = {}
     if len(store) and keep_tensors:
         first = store[0]
@@ -253,11 +270,15 @@ def shard_chunks(
     return chunks
 
 
-def _prune(run_dir: Path, shard: str) -> None:
-    """Compute every statistic of a freshly written shard, then delete its raw tensors."""
+def _prune(run_dir: Path, shard: str, predictor: Any = None) -> None:
+    """Compute every statistic of a freshly written shard, then delete its raw tensors.
+
+    The statistics are computed from the shard as written (decoded, for a predictive run).
+    """
     from hallugraph.features import all_statistics, compute_stats
 
-    compute_stats(run_dir, all_statistics(), shards=[shard], progress=False)
+    store = TraceStore(run_dir, model=predictor)
+    compute_stats(store, all_statistics(), shards=[shard], progress=False)
     (run_dir / "shards" / shard).unlink()
 
 

@@ -15,7 +15,11 @@ What is stored, and what is not (it is redundant):
 * the rows of the prompt prefix that every trace shares (chat header + instruction): under a
   causal mask they are the same for every trace, so they are kept once in
   ``shared.safetensors`` and each trace keeps only its rows ``p..S-1``;
-* tensors are fp16 by default (``float32`` on request).
+* tensors are fp16 by default (``float32`` on request);
+* with ``codec="predictive"`` (``--codec predictive``, fp16 only) each tensor is stored as
+  its exact difference from what the model computes from the previous stored layer
+  (:mod:`hallugraph.codec`): lossless, several times smaller, but reading needs the model's
+  weights (checked by fingerprint) and the same machine type and torch build.
 
 No pickle anywhere: tensors are safetensors, metadata is JSON. A shard becomes visible only
 by an atomic rename, and the manifest is rewritten atomically after each shard, so an
@@ -42,6 +46,9 @@ SHARD_DIR = "shards"
 FORMAT_VERSION = 1
 
 TENSOR_FIELDS = ("hidden_states", "attentions")
+CODECS = ("fp16", "predictive")
+_INFO_DEFAULTS = {"codec": "fp16"}  # keys older runs lack, with the value they imply
+_LOADED: dict[tuple[Any, ...], Any] = {}  # the last predictor loaded by name (stores share it)
 
 
 class StoreError(RuntimeError):
@@ -89,12 +96,25 @@ def unpack_tril(flat: np.ndarray, S: int) -> np.ndarray:
     return out
 
 
+def check_codec(codec: str, dtype: str) -> None:
+    """Raise :class:`StoreError` unless ``codec`` is known and fits ``dtype``."""
+    if codec not in CODECS:
+        raise StoreError(f"--codec must be one of {', '.join(CODECS)}, not {codec!r}")
+    if codec == "predictive" and dtype != "float16":
+        raise StoreError(
+            "--codec predictive stores exact fp16 values: use it with --dtype float16 "
+            f"(not {dtype})"
+        )
+
+
 class TraceWriter:
     """Append traces to a run directory, one shard at a time; resumable.
 
     ``run_info`` describes the run; re-opening an existing directory with a different
     description raises :class:`StoreError` (only ``num_samples`` may differ, so a run can be
     extended). ``prefix_tokens`` are the prompt tokens every trace starts with.
+    ``codec="predictive"`` stores fp16 tensors as residuals of ``predictor`` (a
+    :class:`hallugraph.codec.Predictor` of the model that produced the traces).
     """
 
     def __init__(
@@ -106,11 +126,18 @@ class TraceWriter:
         shard_size: int = 500,
         dtype: str = "float16",
         prefix_tokens: Sequence[int] = (),
+        codec: str = "fp16",
+        predictor: Any = None,
     ) -> None:
         if shard_size < 1:
             raise StoreError("--shard-size must be at least 1")
         if dtype not in ("float16", "float32"):
             raise StoreError(f"--dtype must be float16 or float32, not {dtype!r}")
+        check_codec(codec, dtype)
+        if codec == "predictive" and predictor is None:
+            raise StoreError("the predictive codec needs a predictor (hallugraph.codec.Predictor)")
+        self.codec = codec
+        self.predictor = predictor if codec == "predictive" else None
         self.dir = Path(run_dir)
         self.shard_size = shard_size
         self.dtype = np.dtype(dtype)
@@ -123,7 +150,16 @@ class TraceWriter:
             shard_size=shard_size,
             shard_name=shard_name,
             prefix_len=len(self.prefix_tokens),
+            codec=codec,
         )
+        if self.predictor is not None:
+            from hallugraph.codec import CODEC_VERSION
+
+            info.update(
+                codec_version=CODEC_VERSION,
+                codec_fingerprint=self.predictor.fingerprint,
+                codec_kernel=self.predictor.kernel,
+            )
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / SHARD_DIR).mkdir(exist_ok=True)
         info_path = self.dir / RUN_INFO
@@ -132,7 +168,8 @@ class TraceWriter:
             diff = [
                 k
                 for k in set(old) | set(info)
-                if k not in ("num_samples", "created") and old.get(k) != info.get(k)
+                if k not in ("num_samples", "created")
+                and old.get(k, _INFO_DEFAULTS.get(k)) != info.get(k)
             ]
             if diff:
                 raise StoreError(
@@ -148,6 +185,7 @@ class TraceWriter:
         self.shards_written: list[str] = []
         self._buffer: list[tuple[dict[str, Any], dict[str, np.ndarray]]] = []
         self._shared_ready = (self.dir / SHARED).exists()
+        self._prefix_hidden: np.ndarray | None = None
         self.errors = 0
 
     @property
@@ -186,9 +224,10 @@ class TraceWriter:
             attentions = np.concatenate([prefix[1], attentions], axis=-1)
             row_start = 0
         if not self._shared_ready and p:
+            self._prefix_hidden = self._cast(hidden_states[:, :p])
             _atomic_save(
                 {
-                    "prefix.hidden_states": self._cast(hidden_states[:, :p]),
+                    "prefix.hidden_states": self._prefix_hidden,
                     "prefix.attentions": self._cast(attentions[..., : tril_size(p)]),
                     "prefix.tokens": np.asarray(self.prefix_tokens, dtype=np.int64),
                 },
@@ -199,7 +238,27 @@ class TraceWriter:
             "hidden_states": self._cast(hidden_states[:, p - row_start :]),
             "attentions": self._cast(attentions[..., tril_size(p) - tril_size(row_start) :]),
         }
+        if self.predictor is not None:
+            from hallugraph.codec import encode_trace
+
+            tensors = encode_trace(
+                self.predictor,
+                meta["tokens"],
+                self._shared_hidden(tensors["hidden_states"]),
+                tensors["hidden_states"],
+                tensors["attentions"],
+            )
         return dict(meta), tensors
+
+    def _shared_hidden(self, own: np.ndarray) -> np.ndarray:
+        """The stored prefix rows of every layer (what a reader will use), ``[L+1, p, H]``."""
+        if self._prefix_hidden is None:
+            if self.prefix_tokens:
+                with safe_open(str(self.dir / SHARED), framework="np") as fh:
+                    self._prefix_hidden = fh.get_tensor("prefix.hidden_states")
+            else:
+                self._prefix_hidden = np.zeros((own.shape[0], 0, own.shape[2]), own.dtype)
+        return self._prefix_hidden
 
     def _cast(self, a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a.astype(self.dtype, copy=False))
@@ -267,9 +326,18 @@ class TraceStore:
     ``hidden_states [L+1, S, H]``, ``attentions [L, heads, S, S]``, ``tokens``,
     ``tokens_decoded`` — plus the rest of the metadata, with numpy arrays. Iterating streams
     shard by shard (one shard open at a time). ``fields`` limits which tensors are read.
+
+    Runs written with ``codec="predictive"`` are decoded on read, which needs the model that
+    wrote them: ``model`` (a :class:`hallugraph.models.LoadedModel`, a transformers model or a
+    :class:`hallugraph.codec.Predictor`), else the run's model is loaded on first use (CPU,
+    the run's ``model_dtype``). Its weights must match the fingerprint in ``run.json``. A
+    decode whose checksum differs from the encoder's (another machine type or torch build)
+    raises :class:`StoreError`; ``verify=False`` returns it anyway.
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, run_dir: str | os.PathLike[str], model: Any = None, verify: bool = True
+    ) -> None:
         self.dir = Path(run_dir)
         info_path = self.dir / RUN_INFO
         if not info_path.exists():
@@ -277,6 +345,56 @@ class TraceStore:
         self.info: dict[str, Any] = json.loads(info_path.read_text(encoding="utf-8"))
         self.rows = _read_manifest(self.dir)
         self._shared: dict[str, np.ndarray] | None = None
+        self.codec = self.info.get("codec", "fp16")
+        if self.codec not in CODECS:
+            raise StoreError(f"{self.dir} uses codec {self.codec!r}, unknown to this version")
+        self._model = model
+        self.verify = verify
+        self._predictor: Any = None
+
+    @property
+    def predictor(self) -> Any:
+        """The :class:`hallugraph.codec.Predictor` that decodes a predictive run (lazy)."""
+        if self._predictor is None:
+            from hallugraph.codec import CODEC_VERSION, as_predictor
+
+            if self.info.get("codec_version") != CODEC_VERSION:
+                raise StoreError(
+                    f"{self.dir} uses predictive codec version {self.info.get('codec_version')}; "
+                    f"this version of hallugraph reads version {CODEC_VERSION}"
+                )
+            want = self.info.get("codec_fingerprint")
+            kernel = self.info.get("codec_kernel", "aten")
+            key = (self.info.get("model"), self.info.get("model_dtype"), want, kernel)
+            if self._model is None and key in _LOADED:
+                self._predictor = _LOADED[key]
+                return self._predictor
+            model = self._model if self._model is not None else self._load_model()
+            pred = as_predictor(model, kernel)
+            if pred.fingerprint != want:
+                raise StoreError(
+                    f"{self.dir} was encoded with the predictive codec by a model with weights "
+                    f"fingerprint {want}; the model given to read it has {pred.fingerprint}. "
+                    "Decoding needs exactly the same weights (same model and model_dtype)."
+                )
+            self._predictor = pred
+            if self._model is None:
+                _LOADED.clear()
+                _LOADED[key] = pred
+        return self._predictor
+
+    def _load_model(self) -> Any:
+        from hallugraph.models import ModelError, load_model
+
+        name = self.info.get("model")
+        try:
+            return load_model(name, dtype=self.info.get("model_dtype", "float32"), device="cpu")
+        except (ModelError, OSError, ValueError) as err:
+            raise StoreError(
+                f"{self.dir} is stored with the predictive codec: reading its tensors needs the "
+                f"model {name!r}, which could not be loaded ({err}). Pass it: "
+                "TraceStore(run, model=...)."
+            ) from err
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -308,8 +426,9 @@ class TraceStore:
         p = int(self.info.get("prefix_len", 0))
         S = int(row["seq_len"])
         shared = self._prefix() if p else {}
+        decoded = self._decode(row, fh, fields) if self.codec == "predictive" and fields else {}
         for field in fields:
-            own = fh.get_tensor(f"{row['key']}.{field}")
+            own = decoded[field] if decoded else fh.get_tensor(f"{row['key']}.{field}")
             if field == "hidden_states":
                 out[field] = (
                     np.concatenate([shared["prefix.hidden_states"], own], axis=1) if p else own
@@ -318,6 +437,30 @@ class TraceStore:
                 flat = np.concatenate([shared["prefix.attentions"], own], axis=-1) if p else own
                 out[field] = unpack_tril(flat, S)
         return out
+
+    def _decode(self, row: Mapping[str, Any], fh: Any, fields: Sequence[str]) -> dict[str, Any]:
+        """Own rows of a predictive trace's tensors (hidden states are always decoded)."""
+        from hallugraph.codec import decode_trace
+
+        pred = self.predictor
+        key = row["key"]
+        blocks = {f: fh.get_tensor(f"{key}.{f}") for f in TENSOR_FIELDS if f in fields}
+        if "hidden_states" not in blocks:
+            blocks["hidden_states"] = fh.get_tensor(f"{key}.hidden_states")
+        p = int(self.info.get("prefix_len", 0))
+        if p:
+            prefix = self._prefix()["prefix.hidden_states"]
+        else:
+            prefix = np.zeros((pred.num_layers + 1, 0, pred.hidden_size), np.float16)
+        hidden, attn = decode_trace(
+            pred,
+            row["tokens"],
+            prefix,
+            blocks,
+            attentions="attentions" in fields,
+            verify=self.verify,
+        )
+        return {"hidden_states": hidden, "attentions": attn}
 
     def get(self, i: int, fields: Iterable[str] = TENSOR_FIELDS) -> dict[str, Any]:
         row = self.rows[i]
