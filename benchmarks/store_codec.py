@@ -20,7 +20,6 @@ fp16 and predictive — and compares, per trace:
 from __future__ import annotations
 
 import argparse
-import pickle
 import shutil
 import tempfile
 import time
@@ -28,24 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from extract_vs_original import baseline_record_bytes  # benchmarks/ is on sys.path
 
 from hallugraph.codec import Predictor, decode_trace, ordered_int
 from hallugraph.models import load_model
 from hallugraph.store import TraceStore, TraceWriter, pack_tril
-
-
-def baseline_record_bytes(trace):
-    """Bytes of the record the original describes: full fp32 tensors, pickled."""
-    rec = {
-        "question_id": trace["question_id"],
-        "generated_answer_clean": trace["generated_answer_clean"],
-        "hidden_states": trace["hidden_states"].astype(np.float32),
-        "attentions": trace["attentions"].astype(np.float32),
-        "tokens": np.asarray(trace["tokens"]),
-        "tokens_decoded": trace["tokens_decoded"],
-    }
-    return len(pickle.dumps(rec, protocol=pickle.HIGHEST_PROTOCOL))
-
 
 DERIVED = ("model_id", "generation")  # added by TraceStore from run.json, not in the manifest
 
