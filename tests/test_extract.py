@@ -73,7 +73,12 @@ def _eos_mid_sequence(lm, exs):
     pytest.skip("no suitable mid-answer token in this random model")
 
 
-MODES = [("incremental", "hallugraph"), ("incremental", "transformers"), ("forward", "auto")]
+MODES = [
+    ("incremental", "hallugraph"),
+    ("incremental", "transformers"),
+    ("forward", "auto"),  # generate, then the prefix-cached decoder's teacher-forced pass
+    ("forward", "transformers"),  # generate, then a transformers forward pass
+]
 
 
 @pytest.mark.parametrize("capture,decoder", MODES)
@@ -164,15 +169,29 @@ def test_beam_search_path(tiny_lm, tmp_path):
         assert ref[: len(got)] == got
 
 
-def test_given_answers_are_teacher_forced(tiny_lm, tmp_path):
+@pytest.mark.parametrize("decoder", ["auto", "transformers"])  # prefix-cached / transformers
+@pytest.mark.parametrize("context", [False, True])
+def test_given_answers_are_teacher_forced(tiny_lm, tmp_path, decoder, context):
+    ctx = "Arthur's Magazine was an American literary periodical published in Philadelphia."
     exs = [
-        Example(id=f"g{i}", question=q, references=(), answer=a)
+        Example(id=f"g{i}", question=q, references=(), answer=a, context=ctx if context else None)
         for i, (q, a) in enumerate(
-            [("Who?", "David Seville"), ("What star sign?", "Scorpio, of course")]
+            [
+                ("Who?", "David Seville"),
+                ("What star sign is Jamie Lee Curtis?", "Scorpio, of course"),
+                ("Which city?", "Paris"),
+            ]
         )
     ]
+    gs = GenerationSettings(decoder=decoder)
     run_extract(
-        model="tiny", dataset="toy", out=tmp_path / "r", lm=tiny_lm, progress=False, examples=exs
+        model="tiny",
+        dataset="toy",
+        out=tmp_path / "r",
+        settings=gs,
+        lm=tiny_lm,
+        progress=False,
+        examples=exs,
     )
     store = TraceStore(tmp_path / "r")
     for ex, trace in zip(exs, store, strict=True):

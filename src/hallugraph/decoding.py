@@ -319,6 +319,67 @@ class PrefixDecoder:
             return [Decoded(r.answer, r.finished, none, none, r.logprobs, r.entropy) for r in rows]
         return [self._assemble(r) for r in rows]
 
+    @torch.inference_mode()
+    def teacher_force(
+        self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]
+    ) -> list[Decoded]:
+        """Capture given answers: one pass over each whole sequence (prompt + answer).
+
+        Every sequence must start with the decoder's prefix, and its prompt must go beyond it.
+        The rows are those of a teacher-forced forward pass (same function as :meth:`decode`'s
+        prefill); ``logprobs``/``entropy`` are those of each answer token given what precedes.
+        """
+        p = self.p
+        for seq, plen in zip(sequences, prompt_lens, strict=True):
+            if list(seq[:p]) != self.prefix or not p < plen <= len(seq):
+                raise ValueError("every sequence must start with the prefix, its prompt beyond it")
+        lens = [len(s) - p for s in sequences]
+        B, width = len(sequences), max(lens)
+        ids = torch.full((B, width), 0, dtype=torch.long)
+        pos = torch.full((B, width), p, dtype=torch.long)
+        key_mask = torch.zeros((B, p + width), dtype=torch.bool)
+        key_mask[:, :p] = True
+        for b, (seq, s) in enumerate(zip(sequences, lens, strict=True)):
+            ids[b, width - s :] = torch.tensor(list(seq[p:]))
+            pos[b, width - s :] = torch.arange(p, p + s)
+            key_mask[b, p + width - s :] = True
+        real = torch.cat(
+            [torch.arange(b * width + width - s, (b + 1) * width) for b, s in enumerate(lens)]
+        )
+        ids, pos, key_mask = ids.to(self.device), pos.to(self.device), key_mask.to(self.device)
+        kv = self._new_cache(B, p + width)
+        if self.prefix_kv is not None:
+            kv[..., :p, :] = self.prefix_kv
+        hs, at = self._forward(ids, pos, kv, p, key_mask, real.to(self.device))
+        out = []
+        end = 0
+        for b, (seq, s, plen) in enumerate(zip(sequences, lens, prompt_lens, strict=True)):
+            end += s
+            hidden = hs[:, end - s : end]  # rows p..S-1
+            block = at[:, b, :, width - s :][..., key_mask[b]]  # [L, heads, s, p+s]
+            r, c = torch.meshgrid(torch.arange(s), torch.arange(p + s), indexing="ij")
+            packed = block[..., (c <= r + p).to(block.device)]  # rows p..S-1 of the lower triangle
+            answer = [int(t) for t in seq[plen:]]
+            # the logits at position i predict token i + 1: answer tokens from rows plen-1..S-2
+            logits = self._linear(
+                self.model.lm_head, hidden[-1, plen - 1 - p : plen - 1 - p + len(answer)]
+            )
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            chosen = torch.tensor(answer, dtype=torch.long, device=logp.device)
+            lp = logp.gather(-1, chosen[:, None])[:, 0]
+            ent = -(logp.exp() * logp).sum(-1)
+            out.append(
+                Decoded(
+                    answer,
+                    False,
+                    hidden.float().cpu(),
+                    packed.float().cpu(),
+                    lp.tolist(),
+                    ent.tolist(),
+                )
+            )
+        return out
+
     def _choose(self, last_hidden: torch.Tensor, rows: Sequence[_Row]) -> list[int]:
         """Greedy pick from the final-norm hidden state; record log-prob and entropy."""
         logp = torch.log_softmax(self._linear(self.model.lm_head, last_hidden).float(), dim=-1)
