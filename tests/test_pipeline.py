@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from safetensors import safe_open
 
@@ -86,5 +87,9 @@ def test_max_shard_mb_splits_shards_and_keeps_every_trace(tiny_lm, tmp_path):
     a, b = TraceStore(tmp_path / "whole"), TraceStore(tmp_path / "split")
     assert [r["question_id"] for r in a.rows] == [r["question_id"] for r in b.rows]
     for i in range(len(a)):
-        assert (a[i]["hidden_states"] == b[i]["hidden_states"]).all()
-        assert (a[i]["attentions"] == b[i]["attentions"]).all()
+        # other batches, other padding widths: the same numbers up to fp32 summation order,
+        # so at most one fp16 rounding step apart
+        assert a[i]["tokens"] == b[i]["tokens"]
+        for field in ("hidden_states", "attentions"):
+            x, y = (t[field].astype(np.float32) for t in (a[i], b[i]))
+            np.testing.assert_allclose(x, y, rtol=2**-10, atol=1e-6)
