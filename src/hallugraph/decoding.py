@@ -78,6 +78,27 @@ def _pack_linears(model: Any) -> dict[int, torch.Tensor]:
     return {} if any(v is None for v in packed.values()) else packed
 
 
+def token_stats(
+    logits: torch.Tensor, chosen: torch.Tensor | None = None
+) -> tuple[list[int], list[float], list[float]]:
+    """The chosen tokens (greedy when ``chosen`` is None), the log-prob of each, and the
+    entropy (nats) of each next-token distribution, from ``logits [n, vocab]``."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    tok = logp.argmax(-1) if chosen is None else chosen.to(logp.device)
+    lp = logp.gather(-1, tok[:, None])[:, 0]
+    ent = -(logp.exp() * logp).sum(-1)
+    return tok.tolist(), lp.tolist(), ent.tolist()
+
+
+def _own_rows(at: torch.Tensor, key_mask: torch.Tensor, b: int, s: int, p: int) -> torch.Tensor:
+    """Sequence ``b``'s last ``s`` attention rows of a pass, unpadded and packed as rows
+    ``p..p+s-1`` of its lower triangle: ``[L, heads, tril(p+s) - tril(p)]``."""
+    width = at.shape[3]
+    block = at[:, b, :, width - s :][..., key_mask[b]]  # [L, heads, s, p+s]
+    r, c = torch.meshgrid(torch.arange(s), torch.arange(p + s), indexing="ij")
+    return block[..., (c <= r + p).to(block.device)]
+
+
 @dataclass
 class _Row:
     """What is collected for one sequence while it decodes."""
@@ -147,6 +168,37 @@ class PrefixDecoder:
         gate = self._linear(mlp.gate_proj, x)
         return self._linear(mlp.down_proj, mlp.act_fn(gate) * self._linear(mlp.up_proj, x))
 
+    def _first_pass(
+        self, suffixes: Sequence[Sequence[int]], room: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run every sequence's tokens after the prefix in one pass from the prefix's cache.
+
+        The suffixes are left-padded to a common width; padding rows are never computed.
+        Returns hidden states ``[L+1, sum(lens), H]`` (sequence after sequence), attention
+        ``[L, B, heads, width, p+width]``, the KV cache (``room`` free positions left), the key
+        mask ``[B, p+width]`` and the positions ``[B, width]``.
+        """
+        p = self.p
+        lens = [len(s) for s in suffixes]
+        B, width = len(suffixes), max(lens)
+        ids = torch.zeros((B, width), dtype=torch.long)  # padding: never computed
+        pos = torch.full((B, width), p, dtype=torch.long)
+        key_mask = torch.zeros((B, p + width), dtype=torch.bool)
+        key_mask[:, :p] = True
+        for b, (suffix, s) in enumerate(zip(suffixes, lens, strict=True)):
+            ids[b, width - s :] = torch.tensor(list(suffix))
+            pos[b, width - s :] = torch.arange(p, p + s)
+            key_mask[b, p + width - s :] = True
+        real = torch.cat(
+            [torch.arange(b * width + width - s, (b + 1) * width) for b, s in enumerate(lens)]
+        )
+        ids, pos, key_mask = ids.to(self.device), pos.to(self.device), key_mask.to(self.device)
+        kv = self._new_cache(B, p + width + room)
+        if self.prefix_kv is not None:
+            kv[..., :p, :] = self.prefix_kv
+        hs, at = self._forward(ids, pos, kv, p, key_mask, real.to(self.device))
+        return hs, at, kv, key_mask, pos
+
     def _new_cache(self, batch: int, length: int) -> torch.Tensor:
         """Keys and values of every layer: ``[L, 2, batch, kv_heads, length, head_dim]``."""
         shape = (self.L, 2, batch, self.Hkv, length, self.D)
@@ -195,10 +247,10 @@ class PrefixDecoder:
         G = self.Hq // self.Hkv
         hiddens = [h]
         attns = []
+        lin = self._linear
         for i, layer in enumerate(self.base.layers):
             att = layer.self_attn
             x = layer.input_layernorm(h)
-            lin = self._linear
             q = spread(lin(att.q_proj, x), self.Hq)
             k = spread(lin(att.k_proj, x), self.Hkv)
             v = spread(lin(att.v_proj, x), self.Hkv)
@@ -246,34 +298,14 @@ class PrefixDecoder:
         rows = [_Row(i, list(ids[p:])) for i, ids in enumerate(prompts)]
         eos = set(int(e) for e in eos_ids)
         B = len(rows)
-        width = max(len(r.suffix) for r in rows)
-        ids = torch.full((B, width), pad_id, dtype=torch.long)
-        pos = torch.full((B, width), p, dtype=torch.long)
-        key_mask = torch.zeros((B, p + width), dtype=torch.bool)
-        key_mask[:, :p] = True
-        for b, r in enumerate(rows):
-            s = len(r.suffix)
-            ids[b, width - s :] = torch.tensor(r.suffix)
-            pos[b, width - s :] = torch.arange(p, p + s)
-            key_mask[b, p + width - s :] = True
-        ids, pos, key_mask = ids.to(self.device), pos.to(self.device), key_mask.to(self.device)
-        kv = self._new_cache(B, p + width + max_new_tokens + 1)
-        if self.prefix_kv is not None:
-            kv[..., :p, :] = self.prefix_kv
-        # the prompts' real positions only (not the left padding), sequence after sequence
         lens = [len(r.suffix) for r in rows]
-        real = torch.cat(
-            [torch.arange(b * width + width - s, (b + 1) * width) for b, s in enumerate(lens)]
-        )
-        hs, at = self._forward(ids, pos, kv, p, key_mask, real.to(self.device))
-        T = p + width
+        hs, at, kv, key_mask, pos = self._first_pass([r.suffix for r in rows], max_new_tokens + 1)
+        T = p + max(lens)
         ends = torch.tensor(lens).cumsum(0)
         for b, r in enumerate(rows):
             if record:
-                s = lens[b]
-                r.hidden.append(hs[:, int(ends[b]) - s : int(ends[b])])
-                block = at[:, b, :, width - s :][..., key_mask[b]]  # [L, heads, s, p+s]
-                r.attn.extend(block[:, :, i, : p + i + 1] for i in range(s))
+                r.hidden.append(hs[:, int(ends[b]) - lens[b] : int(ends[b])])
+                r.attn.append(_own_rows(at, key_mask, b, lens[b], p))
         next_pos = pos[:, -1] + 1
         chosen = self._choose(hs[-1][(ends - 1).to(self.device)], rows)
         slots: list[int | None] = list(range(B))  # batch slot -> row (None: finished)
@@ -334,60 +366,26 @@ class PrefixDecoder:
             if list(seq[:p]) != self.prefix or not p < plen <= len(seq):
                 raise ValueError("every sequence must start with the prefix, its prompt beyond it")
         lens = [len(s) - p for s in sequences]
-        B, width = len(sequences), max(lens)
-        ids = torch.full((B, width), 0, dtype=torch.long)
-        pos = torch.full((B, width), p, dtype=torch.long)
-        key_mask = torch.zeros((B, p + width), dtype=torch.bool)
-        key_mask[:, :p] = True
-        for b, (seq, s) in enumerate(zip(sequences, lens, strict=True)):
-            ids[b, width - s :] = torch.tensor(list(seq[p:]))
-            pos[b, width - s :] = torch.arange(p, p + s)
-            key_mask[b, p + width - s :] = True
-        real = torch.cat(
-            [torch.arange(b * width + width - s, (b + 1) * width) for b, s in enumerate(lens)]
-        )
-        ids, pos, key_mask = ids.to(self.device), pos.to(self.device), key_mask.to(self.device)
-        kv = self._new_cache(B, p + width)
-        if self.prefix_kv is not None:
-            kv[..., :p, :] = self.prefix_kv
-        hs, at = self._forward(ids, pos, kv, p, key_mask, real.to(self.device))
+        hs, at, _, key_mask, _ = self._first_pass([s[p:] for s in sequences], 0)
         out = []
         end = 0
         for b, (seq, s, plen) in enumerate(zip(sequences, lens, prompt_lens, strict=True)):
             end += s
             hidden = hs[:, end - s : end]  # rows p..S-1
-            block = at[:, b, :, width - s :][..., key_mask[b]]  # [L, heads, s, p+s]
-            r, c = torch.meshgrid(torch.arange(s), torch.arange(p + s), indexing="ij")
-            packed = block[..., (c <= r + p).to(block.device)]  # rows p..S-1 of the lower triangle
             answer = [int(t) for t in seq[plen:]]
             # the logits at position i predict token i + 1: answer tokens from rows plen-1..S-2
             logits = self._linear(
                 self.model.lm_head, hidden[-1, plen - 1 - p : plen - 1 - p + len(answer)]
             )
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            chosen = torch.tensor(answer, dtype=torch.long, device=logp.device)
-            lp = logp.gather(-1, chosen[:, None])[:, 0]
-            ent = -(logp.exp() * logp).sum(-1)
-            out.append(
-                Decoded(
-                    answer,
-                    False,
-                    hidden.float().cpu(),
-                    packed.float().cpu(),
-                    lp.tolist(),
-                    ent.tolist(),
-                )
-            )
+            _, lp, ent = token_stats(logits, torch.tensor(answer, dtype=torch.long))
+            packed = _own_rows(at, key_mask, b, s, p)
+            out.append(Decoded(answer, False, hidden.float().cpu(), packed.float().cpu(), lp, ent))
         return out
 
     def _choose(self, last_hidden: torch.Tensor, rows: Sequence[_Row]) -> list[int]:
         """Greedy pick from the final-norm hidden state; record log-prob and entropy."""
-        logp = torch.log_softmax(self._linear(self.model.lm_head, last_hidden).float(), dim=-1)
-        tok = logp.argmax(-1)
-        lp = logp.gather(-1, tok[:, None])[:, 0]
-        ent = -(logp.exp() * logp).sum(-1)
-        out = tok.tolist()
-        for r, t, a, e in zip(rows, out, lp.tolist(), ent.tolist(), strict=True):
+        out, lps, ents = token_stats(self._linear(self.model.lm_head, last_hidden))
+        for r, t, a, e in zip(rows, out, lps, ents, strict=True):
             r.answer.append(int(t))
             r.logprobs.append(a)
             r.entropy.append(e)

@@ -175,7 +175,7 @@ def run_extract(
     if not keep_tensors:  # a resumed run may hold shards written just before a kill
         for shard in writer.shards_done:
             if (Path(out) / "shards" / shard).exists():
-                _prune(Path(out), shard, predictor)
+                _prune(Path(out), shard)
     bar = tqdm(
         total=len(pending), desc=f"extract {dataset_name(dataset)}", unit="ex", disable=not progress
     )
@@ -208,7 +208,7 @@ def run_extract(
         writer.flush()
         if not keep_tensors:
             for shard in writer.shards_written[len(pruned) :]:
-                _prune(Path(out), shard, predictor)
+                _prune(Path(out), shard)
                 pruned.append(shard)
     bar.close()
     writer.close()
@@ -270,15 +270,14 @@ def shard_chunks(
     return chunks
 
 
-def _prune(run_dir: Path, shard: str, predictor: Any = None) -> None:
+def _prune(run_dir: Path, shard: str) -> None:
     """Compute every statistic of a freshly written shard, then delete its raw tensors.
 
-    The statistics are computed from the shard as written (decoded, for a predictive run).
+    Only for fp16 runs: ``--codec predictive`` with ``--keep-tensors no`` is refused.
     """
     from hallugraph.features import all_statistics, compute_stats
 
-    store = TraceStore(run_dir, model=predictor)
-    compute_stats(store, all_statistics(), shards=[shard], progress=False)
+    compute_stats(run_dir, all_statistics(), shards=[shard], progress=False)
     (run_dir / "shards" / shard).unlink()
 
 
