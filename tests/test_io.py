@@ -1,0 +1,38 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from hallugraph import io
+
+
+def test_atomic_write_replaces_and_leaves_no_tmp(tmp_path):
+    p = tmp_path / "a.json"
+    io.atomic_write_json(p, {"x": np.float32(1.5), "y": [np.int64(2)], "z": math.nan})
+    assert json.loads(p.read_text()) == {"x": 1.5, "y": [2], "z": None}
+    io.atomic_write_text(p, "new\n")
+    assert p.read_text() == "new\n"
+    assert list(tmp_path.iterdir()) == [p]
+
+
+def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
+    p = tmp_path / "a.txt"
+    io.atomic_write_text(p, "old")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io.os, "replace", boom)
+    with pytest.raises(OSError):
+        io.atomic_write_text(p, "new")
+    assert p.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [p]
+
+
+def test_clean_tmp(tmp_path):
+    (tmp_path / ".x.json.1.0.tmp").write_text("partial")
+    (tmp_path / "keep.json").write_text("{}")
+    removed = io.clean_tmp(tmp_path)
+    assert [r.name for r in removed] == [".x.json.1.0.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.json"]
