@@ -107,12 +107,16 @@ def test_auroc_aupr_match_sklearn():
     )
 
 
-def test_single_class_metrics_nan_with_note():
+def test_single_class_metrics_not_applicable_with_note():
+    # issue 15.11: with one class, AUPR/Acc/F1 only say which class the split holds (an
+    # all-hallucinated split gave AUPR = F1 = 1.000 to any detector): all four are n/a
     assert math.isnan(roc_auc(np.ones(5), np.arange(5.0)))
-    m, notes = metrics_with_ci(np.zeros(6), np.linspace(0, 1, 6), 0.5, n_boot=100)
-    assert math.isnan(m["auroc"]) and math.isnan(m["aupr"])
-    assert m["acc"] == pytest.approx(0.5)  # 0.6, 0.8, 1.0 wrongly flagged
-    assert notes and "one class" in notes[0]
+    for y in (np.zeros(6), np.ones(6)):
+        m, notes = metrics_with_ci(y, np.linspace(0, 1, 6), 0.5, n_boot=100)
+        for metric in ("auroc", "aupr", "acc", "f1"):
+            assert math.isnan(m[metric]), (y[0], metric, m[metric])
+            assert math.isnan(m[f"{metric}_lo"]) and math.isnan(m[f"{metric}_hi"])
+        assert notes and "one class" in notes[0] and "not applicable" in notes[0]
 
 
 def _synthetic(n, seed):
@@ -314,9 +318,18 @@ def test_single_class_test_split_no_crash(tiny_run, tmp_path):
     rep = evaluate([run], ["perplexity"], out_dir=tmp_path / "e", bootstrap=50, progress=False)
     r = rep.results[0]
     assert r["error"] == ""
-    assert math.isnan(r["auroc"]) and "one class" in r["notes"]
+    assert "one class" in r["notes"]
     assert "validation split has one class" in r["notes"] and r["threshold"] == 0.5
-    assert 0 <= r["acc"] <= 1  # accuracy is still defined
+    for metric in ("auroc", "aupr", "acc", "f1"):  # issue 15.11: not 1.000 but n/a
+        assert math.isnan(r[metric])
+    saved = json.loads((tmp_path / "e" / "results.json").read_text())["results"][0]
+    assert all(saved[m] is None for m in ("auroc", "aupr", "acc", "f1"))
+    table = (tmp_path / "e" / "results.md").read_text()
+    line = next(ln for ln in table.splitlines() if "| perplexity |" in ln)
+    assert line.count("n/a") >= 4 and "1.000" not in line
+    # a 4-trace test split with one class: warned about (fewer than 10 answers of a class)
+    assert any("fewer than 10" in w for w in rep.config["warnings"])
+    assert "fewer than 10" in table
 
 
 def test_peak_rss_sees_a_temporary_allocation():

@@ -1,5 +1,10 @@
-"""Command line: ``hallugraph {extract,info,label,stats,evaluate,graph,hypothesis,transcoders,
-groundedness,attribution,run}`` (also ``python -m hallugraph``)."""
+"""Command line: ``hallugraph {extract,info,verify,label,stats,evaluate,graph,hypothesis,
+transcoders,groundedness,attribution,run}`` (also ``python -m hallugraph``).
+
+Exit codes: 0 success; 1 the command ran but produced no result (every example failed, a
+detector failed on every run, a run failed ``verify``); 2 bad input or a damaged run (the
+message names the file or the argument); 130 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -34,8 +39,34 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-samples", type=int, default=None, help="first N examples (default: all)")
+    p.add_argument(
+        "--num-samples", type=_positive_int, default=None, help="first N examples (default: all)"
+    )
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=_positive_int,
+        default=None,
+        help="longest prompt accepted, in tokens (default: the model's context window minus "
+        "--max-new-tokens); checked before any compute",
+    )
+    p.add_argument(
+        "--on-long-prompt",
+        choices=["skip", "refuse"],
+        default="skip",
+        help="an example over the context window or --max-prompt-tokens: skip it with an error "
+        "row, or refuse the whole run (default: %(default)s)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-beams", type=int, default=1, help="1 = greedy (default); the seed used 5")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -101,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="summarize a run directory")
     p.add_argument("run", help="run directory")
+
+    p = sub.add_parser(
+        "verify", help="check every file of runs against their checksums (exit 1 when damaged)"
+    )
+    p.add_argument("runs", nargs="+", help="run directories")
 
     p = sub.add_parser("label", help="label every trace of a run (1 = hallucinated)")
     p.add_argument("runs", nargs="+", help="run directories")
@@ -206,6 +242,8 @@ def _extract(args: argparse.Namespace, dataset: str, out: str, columns=None, lm=
         progress=not args.no_progress,
         keep_tensors=args.keep_tensors == "yes",
         codec=args.codec,
+        max_prompt_tokens=args.max_prompt_tokens,
+        on_long_prompt=args.on_long_prompt,
     )
     print(summary.render())
     return 1 if summary.errors and not summary.total else 0
@@ -225,7 +263,8 @@ def _info(run: str) -> int:
     sizes = store.disk_usage()
     print(f"{len(store.shards)} shards, {sizes['total'] / 2**20:.2f} MB on disk")
     if len(store):
-        kept = store.shard_path(store.manifest[0]["shard"]).exists()
+        shard = store.manifest[0]["shard"]
+        kept = store.tensors_expected() or store.shard_path(shard).exists()
         t = store.get(0, fields=("hidden_states", "attentions") if kept else ())
         if kept:
             print(
@@ -241,6 +280,18 @@ def _info(run: str) -> int:
     return 0
 
 
+def _verify(runs: Sequence[str]) -> int:
+    from hallugraph.integrity import verify_run
+
+    status = 0
+    for run in runs:
+        report = verify_run(run)
+        print(report.render())
+        if not report.ok:
+            status = 1
+    return status
+
+
 def _label(runs: Sequence[str], method: str, spot_check: int) -> int:
     from hallugraph.labels import label_run
 
@@ -252,12 +303,13 @@ def _label(runs: Sequence[str], method: str, spot_check: int) -> int:
 
 def _stats(runs: Sequence[str], prune: bool, progress: bool) -> int:
     from hallugraph.features import all_statistics, compute_stats
-    from hallugraph.store import TraceStore
+    from hallugraph.store import TraceStore, mark_pruned
 
     for run in runs:
         arrays = compute_stats(run, all_statistics(), progress=progress)
         print(f"{run}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in arrays.items()))
         if prune:
+            mark_pruned(run)
             store = TraceStore(run)
             for shard in store.shards:
                 store.shard_path(shard).unlink(missing_ok=True)
@@ -281,6 +333,14 @@ def _evaluate(args: argparse.Namespace, runs: Sequence[str], out: str | None) ->
     )
     print(report.to_markdown())
     print(f"\nTable, CSV/JSON and ROC plots in {out_dir}")
+    failed = report.failed_everywhere()
+    if failed:
+        print(
+            f"hallugraph: error: detector(s) failed on every run: {', '.join(failed)} "
+            "(errors in the table's notes; the other detectors' results are written)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -363,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _extract(args, args.dataset, args.out, columns)
         if args.command == "info":
             return _info(args.run)
+        if args.command == "verify":
+            return _verify(args.runs)
         if args.command == "label":
             return _label(args.runs, args.method, args.spot_check)
         if args.command == "stats":

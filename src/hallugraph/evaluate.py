@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import csv
 import importlib
+import io
 import json
 import logging
 import math
@@ -58,6 +59,8 @@ from tqdm.auto import tqdm
 from hallugraph.detectors import NotApplicable
 from hallugraph.features import FeatureTable
 from hallugraph.features.logits import answer_content
+from hallugraph.integrity import IntegrityError
+from hallugraph.io import atomic_write_bytes, atomic_write_text, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,9 @@ __all__ = [
 METRICS = ("auroc", "aupr", "acc", "f1")
 _METRIC_TITLES = {"auroc": "AUROC", "aupr": "AUPR", "acc": "Acc", "f1": "F1"}
 SPLITS = ("train", "val", "test")
+MIN_CLASS_TEST = 10
+"""A test split with fewer answers of a class than this gets a warning: its metrics are
+noise (their CIs say how much)."""
 LENGTH_TOL = 2
 """Answers within this many tokens of each other count as length-matched."""
 
@@ -293,10 +299,13 @@ def metrics_with_ci(
         return out, notes
     point = {k: float(v[0]) for k, v in _metric_values(y, s, threshold).items()}
     if len(np.unique(y)) < 2:
+        # AUROC is undefined; AUPR, accuracy and F1 exist but only say which class the run
+        # has (an all-hallucinated split gives AUPR 1.000 to any detector): not applicable
         notes.append(
             f"test split has one class ({'all hallucinated' if y[0] else 'none hallucinated'}): "
-            "AUROC/AUPR undefined" + ("" if not math.isnan(point["f1"]) else ", F1 undefined")
+            "AUROC/AUPR/Acc/F1 not applicable"
         )
+        point = {m: float("nan") for m in METRICS}
     if idx is None:
         idx = bootstrap_indices(len(y), n_boot, seed)
     lo = {m: float("nan") for m in METRICS}
@@ -459,18 +468,9 @@ def _fmt_ci(row: Mapping[str, Any], m: str) -> str:
     return f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, Path):
-        return str(v)
-    return v
+# Thin alias kept for attribution/viewer.py, which still imports it; the lead removes it at
+# merge. Use hallugraph.io.jsonable.
+_jsonable = jsonable
 
 
 RESULT_COLUMNS = [
@@ -510,11 +510,12 @@ TRANSFER_COLUMNS = [
 
 def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if _jsonable(r.get(k)) is None else r.get(k)) for k in columns})
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if jsonable(r.get(k)) is None else r.get(k)) for k in columns})
+    atomic_write_text(path, buf.getvalue())
 
 
 @dataclass
@@ -537,6 +538,13 @@ class EvalReport:
     )
     out_dir: Path | None = None
     files: list[Path] = field(default_factory=list)
+
+    def failed_everywhere(self) -> list[str]:
+        """Detectors that have a result row on some run and an error on every one of them."""
+        rows: dict[str, list[bool]] = {}
+        for r in self.results:
+            rows.setdefault(r["detector"], []).append(bool(r.get("error")))
+        return [d for d, errs in rows.items() if errs and all(errs)]
 
     def row(self, dataset: str, detector: str) -> dict[str, Any]:
         for r in self.results:
@@ -573,6 +581,10 @@ class EvalReport:
                 + " | ".join(cells)
                 + f" | {_fmt(r.get('fit_s'), 2)} | {_fmt(r.get('fit_peak_mb'), 0)} | {note} |"
             )
+        warns = self.config.get("warnings") or []
+        if warns:
+            lines += ["", "Warnings:"]
+            lines += [f"* {w}" for w in warns]
         skipped = self.config.get("skipped") or []
         if skipped:
             lines += ["", "Skipped (not applicable to the run):"]
@@ -619,7 +631,7 @@ class EvalReport:
             "results": self.results,
             "transfer": self.transfer,
         }
-        path.write_text(json.dumps(_jsonable(payload), indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n")
         return path
 
     def plot_roc(self, dataset: str, path: str | os.PathLike[str]) -> Path:
@@ -656,22 +668,28 @@ class EvalReport:
             ax.set_title(f"{dataset}: test n={sp['n']}, {_fmt(sp['pct_halluc'], 1)}% hallucinated")
             ax.legend(loc="lower right", fontsize=8)
             fig.tight_layout()
-            fig.savefig(path, dpi=120)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=120)
         finally:
             plt.close(fig)
+        atomic_write_bytes(path, buf.getvalue())
         return path
 
     def save(self, out_dir: str | os.PathLike[str]) -> list[Path]:
         """Write ``results.md``, ``results.csv``, ``results.json``, ``transfer.csv`` and
         ``roc_<dataset>.png`` into ``out_dir``."""
         out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file, not a directory")
         out.mkdir(parents=True, exist_ok=True)
-        md = out / "results.md"
-        md.write_text(self.to_markdown(), encoding="utf-8")
-        files = [md, self.to_csv(out / "results.csv"), self.to_json(out / "results.json")]
+        # every file is written atomically (temporary name, rename); results.json last: a
+        # results.json newer than the other files means the whole set is from one evaluation
+        md = atomic_write_text(out / "results.md", self.to_markdown())
+        files = [md, self.to_csv(out / "results.csv")]
         files.append(self.transfer_to_csv(out / "transfer.csv"))
         for ds in self.splits:
             files.append(self.plot_roc(ds, out / f"roc_{_slug(ds)}.png"))
+        files.append(self.to_json(out / "results.json"))
         self.out_dir, self.files = out, files
         return files
 
@@ -709,25 +727,51 @@ def _dataset_names(tables: Sequence[FeatureTable], runs: Sequence[Path]) -> list
 
 
 def _load_runs(
-    runs: Sequence[str | os.PathLike[str]], seed: int, frac: tuple[float, float, float], boot: int
+    runs: Sequence[str | os.PathLike[str]],
+    seed: int,
+    frac: tuple[float, float, float],
+    boot: int,
+    warnings: list[str] | None = None,
 ) -> list[_Run]:
+    """Load and split each run. Traces that ``hallugraph label`` found unlabelable (a
+    ``label_rule`` but no ``label``: no reference answer) are left out, with a warning; a test
+    split with fewer than :data:`MIN_CLASS_TEST` answers of a class gets a warning."""
+    warnings = warnings if warnings is not None else []
     paths = [Path(r) for r in runs]
     tables = [FeatureTable.from_run(p) for p in paths]
     out = []
     for p, t, name in zip(paths, tables, _dataset_names(tables, paths), strict=True):
         if len(t) == 0:
             raise ValueError(f"run {p} has no traces")
-        missing = sum("label" not in r for r in t.rows)
+        rows = t.rows
+        missing = sum("label" not in r and "label_rule" not in r for r in rows)
         if missing:
             raise ValueError(
                 f"run {p} is not labeled ({missing} of {len(t)} traces have no label): "
                 f"run `hallugraph label {p}` first"
             )
+        labeled = np.flatnonzero(["label" in r for r in rows])
+        if len(labeled) < len(t):
+            warnings.append(
+                f"{name}: {len(t) - len(labeled)} of {len(t)} traces could not be labeled "
+                "(no reference answer) and are left out"
+            )
+            if not len(labeled):
+                raise ValueError(f"run {p}: no trace has a label (no reference answers)")
+            t = t[labeled]
         y = t.labels
         tr, va, te = split_groups(t.groups, seed=seed, frac=frac, labels=y)
         if len(tr) == 0 or len(te) == 0:
             raise ValueError(
                 f"run {p} has {len(np.unique(t.groups))} questions: too few for a train/test split"
+            )
+        n_pos = int(y[te].sum())
+        n_neg = int(len(te) - n_pos)
+        if min(n_pos, n_neg) < MIN_CLASS_TEST:
+            warnings.append(
+                f"{name}: the test split has {n_pos} hallucinated and {n_neg} correct answers "
+                f"(fewer than {MIN_CLASS_TEST} of a class): its metrics are unreliable "
+                "(see the CIs), or not applicable with one class"
             )
         out.append(
             _Run(
@@ -795,6 +839,8 @@ def _precompute_stats(run: _Run, specs: Sequence[tuple[str, Any]], progress: boo
         return
     try:
         compute_stats(run.table.stores[0], names, progress=progress)
+    except IntegrityError:
+        raise  # a damaged file: no number may come out of this run
     except Exception as err:  # noqa: BLE001 - one statistic may be impossible (no tensors kept)
         log.info("statistics of %s in one pass failed (%s); detectors will report", run.path, err)
 
@@ -823,7 +869,10 @@ def evaluate(
     if not runs:
         raise ValueError("no runs to evaluate")
     specs = _resolve(detectors)
-    loaded = _load_runs(runs, seed, frac, bootstrap)
+    warnings: list[str] = []
+    loaded = _load_runs(runs, seed, frac, bootstrap, warnings)
+    for w in warnings:
+        log.warning("%s", w)
     splits = {
         r.name: {k: {"n": int(len(r.idx[k])), "pct_halluc": _pct(r.y[r.idx[k]])} for k in SPLITS}
         for r in loaded
@@ -878,6 +927,7 @@ def evaluate(
             "threshold_rule": "max balanced accuracy on the validation split",
             "ci": "95% percentile bootstrap over test items",
             "skipped": skipped,
+            "warnings": warnings,
         },
         curves=curves,
     )
@@ -944,6 +994,8 @@ def _evaluate_one(
     except NotApplicable as err:  # e.g. no attribution scores for this run: skip, no row
         log.info("detector %s skipped on %s: %s", name, run.name, err)
         return {**row, "skipped": str(err)}, []
+    except IntegrityError:
+        raise  # a damaged file stops the evaluation (exit 2 naming it), not one detector
     except Exception as err:  # noqa: BLE001 - one detector must not stop the evaluation
         log.warning("detector %s on %s failed: %s", name, run.name, err, exc_info=True)
         row["error"] = _err(err)
@@ -985,6 +1037,8 @@ def _evaluate_one(
                 t_row["notes"] = "; ".join(mnotes)
             except NotApplicable:  # the other run lacks what the detector reads: no cell
                 continue
+            except IntegrityError:
+                raise
             except Exception as err:  # noqa: BLE001
                 log.warning("transfer of %s %s -> %s failed: %s", name, run.name, other.name, err)
                 t_row["error"] = _err(err)

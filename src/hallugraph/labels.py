@@ -15,6 +15,11 @@ One rule per dataset (``docs/LABELS.md`` has the details, examples and known wea
 * **custom datasets** — the TruthfulQA rule for rows with ``incorrect`` answers, the match
   rule otherwise.
 
+A trace whose rule has nothing to compare with (the match rule without a usable reference, the
+TruthfulQA rule without usable correct *and* incorrect references) is **unlabelable**: it gets
+no ``label`` (its ``label_details`` say why), is counted apart, and is left out of evaluation.
+A run where no trace can be labeled is an error.
+
 :func:`label_run` labels every row of a run's manifest (``label``, ``label_rule``,
 ``label_details``), rewrites it atomically, and writes a seeded random sample of labeled
 examples to ``labels_spot_check.jsonl`` for a human to check. Labels depend only on the
@@ -34,7 +39,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from hallugraph.store import MANIFEST, TraceStore, _atomic_write_text
+from hallugraph.io import atomic_write_text
+from hallugraph.store import MANIFEST, TraceStore
 
 __all__ = [
     "HALLUCINATED",
@@ -340,20 +346,30 @@ def _answer(row: Mapping[str, Any]) -> str:
     return str(row.get("generated_answer_clean") or "")
 
 
-def _match_row(row: Mapping[str, Any]) -> tuple[int, str, dict[str, Any]]:
+def _usable(refs: Sequence[str]) -> bool:
+    return any(normalize_answer(r) for r in refs)
+
+
+def _match_row(row: Mapping[str, Any]) -> tuple[int | None, str, dict[str, Any]]:
     refs = list(row.get("references") or [])
+    if not _usable(refs):
+        return None, RULE_MATCH, {"unlabeled": "no usable reference answer"}
     hit = _match(_answer(row), refs)
     details: dict[str, Any] = {"matched": hit}
-    if not any(normalize_answer(r) for r in refs):
-        details["note"] = "no usable reference"
     return (NOT_HALLUCINATED if hit is not None else HALLUCINATED), RULE_MATCH, details
 
 
-def _truthfulqa_row(row: Mapping[str, Any], method: str) -> tuple[int, str, dict[str, Any]]:
+def _truthfulqa_row(row: Mapping[str, Any], method: str) -> tuple[int | None, str, dict[str, Any]]:
     correct = list(row.get("references") or [])
     incorrect = list(row.get("incorrect") or [])
+    rule = RULE_TRUTHFULQA.format(method=method)
+    if not (_usable(correct) and _usable(incorrect)):
+        # one side missing: the rule would answer the same for every answer (0 without
+        # incorrect references, 1 without correct ones), which is no judgment
+        which = "correct" if not _usable(correct) else "incorrect"
+        return None, rule, {"method": method, "unlabeled": f"no usable {which} reference"}
     label, details = truthfulqa_label(_answer(row), correct, incorrect, method=method)
-    return label, RULE_TRUTHFULQA.format(method=method), details
+    return label, rule, details
 
 
 def _rule_of(row: Mapping[str, Any], dataset: str | None) -> str:
@@ -370,8 +386,10 @@ def _rule_of(row: Mapping[str, Any], dataset: str | None) -> str:
 
 def label_row(
     row: Mapping[str, Any], dataset: str | None, *, method: str = "rouge"
-) -> tuple[int, str, dict[str, Any]]:
-    """Label one manifest row with its dataset's rule: ``(label, label_rule, label_details)``.
+) -> tuple[int | None, str, dict[str, Any]]:
+    """Label one manifest row with its dataset's rule: ``(label, label_rule, label_details)``;
+    ``label`` is ``None`` when the row cannot be labeled (``label_details["unlabeled"]`` says
+    why: no usable reference answer).
 
     ``dataset`` is ``run.json``'s ``dataset``: ``"triviaqa"`` -> match rule; ``"truthfulqa"``
     -> TruthfulQA rule; ``"halueval_qa"`` / ``"halueval_qa_tf"`` -> :func:`halueval_label`;
@@ -400,6 +418,8 @@ class LabelSummary:
     dataset: str | None
     method: str
     counts: dict[int, int] = field(default_factory=lambda: {0: 0, 1: 0})
+    unlabeled: int = 0
+    """Traces that could not be labeled (no usable reference answer); not in ``counts``."""
     rules: dict[str, int] = field(default_factory=dict)
     hallucinated_by_rule: dict[str, int] = field(default_factory=dict)
     spot_check_path: Path | None = None
@@ -433,6 +453,11 @@ class LabelSummary:
             f"  not hallucinated (0): {self.correct:6d}  {pct(self.correct)}",
             f"  hallucinated     (1): {self.hallucinated:6d}  {pct(self.hallucinated)}",
         ]
+        if self.unlabeled:
+            lines.append(
+                f"  unlabeled:            {self.unlabeled:6d}  (no usable reference answer; "
+                "left out of evaluation)"
+            )
         if self.spot_check_path is not None:
             lines.append(f"  spot check for a human: {self.spot_check_path}")
         return "\n".join(lines)
@@ -480,15 +505,25 @@ def label_run(
     hal: Counter[str] = Counter()
     for row in rows:
         label, rule, details = label_row(row, dataset, method=method)
-        row["label"] = int(label)
         row["label_rule"] = rule
         row["label_details"] = details
+        if label is None:
+            row.pop("label", None)
+            summary.unlabeled += 1
+            continue
+        row["label"] = int(label)
         summary.counts[int(label)] += 1
         rules[rule] += 1
         hal[rule] += int(label)
+    if summary.unlabeled == len(rows):
+        raise ValueError(
+            f"{store.dir}: none of its {len(rows)} traces can be labeled (no usable reference "
+            "answers: TriviaQA/HaluEval need `references`, TruthfulQA both `references` and "
+            "`incorrect`); the manifest is left unchanged"
+        )
     summary.rules = dict(rules)
     summary.hallucinated_by_rule = dict(hal)
-    _atomic_write_text(store.dir / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(store.dir / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
 
     if spot_check:
         picked = sorted(random.Random(seed).sample(range(len(rows)), min(spot_check, len(rows))))
@@ -502,13 +537,13 @@ def label_run(
                 "incorrect": r.get("incorrect") or [],
                 "answer": _answer(r),
                 "answer_source": r.get("answer_source"),
-                "label": r["label"],
+                "label": r.get("label"),
                 "label_rule": r["label_rule"],
                 "details": r["label_details"],
             }
             lines.append(json.dumps(item, ensure_ascii=False) + "\n")
         path = store.dir / SPOT_CHECK
-        _atomic_write_text(path, "".join(lines))
+        atomic_write_text(path, "".join(lines))
         summary.spot_check_path = path
     if method == "embedding":
         _embedder().cache.clear()

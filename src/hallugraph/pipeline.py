@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -23,7 +24,15 @@ from hallugraph.extract import (
     shared_prefix_len,
 )
 from hallugraph.models import HF_NAMES, LoadedModel, load_model, model_slug
-from hallugraph.store import StoreError, TraceStore, TraceWriter, check_codec, tril_size
+from hallugraph.store import (
+    StoreError,
+    TraceStore,
+    TraceWriter,
+    check_codec,
+    tril_size,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +47,10 @@ class ExtractSummary:
     sizes: dict[str, int]
     first_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     seconds: float = 0.0
+    error_messages: list[str] = field(default_factory=list)
+    """What went wrong for each failed example (``errors.jsonl`` has them too)."""
+    redone: dict[str, str] = field(default_factory=dict)
+    """Damaged shards found on resume (shard -> problem), whose traces were extracted again."""
 
     def render(self) -> str:
         mb = 1024 * 1024
@@ -45,8 +58,14 @@ class ExtractSummary:
             f"Run directory:        {self.run_dir}",
             f"Examples processed:   {self.processed} (run total {self.total})",
             f"Errors:               {self.errors}",
-            f"Shards written:       {len(self.shards_written)}",
         ]
+        shown = self.error_messages[:10]
+        lines += [f"  {m}" for m in shown]
+        if len(self.error_messages) > len(shown):
+            lines.append(f"  ... {len(self.error_messages) - len(shown)} more in errors.jsonl")
+        for shard, problem in self.redone.items():
+            lines.append(f"Damaged shard redone: {shard} ({problem})")
+        lines.append(f"Shards written:       {len(self.shards_written)}")
         for name, size in self.sizes.items():
             if name != "total":
                 lines.append(f"  {name:<48} {size / mb:9.2f} MB")
@@ -103,6 +122,8 @@ def run_extract(
     keep_tensors: bool = True,
     max_shard_mb: float | None = 4096.0,
     codec: str = "fp16",
+    max_prompt_tokens: int | None = None,
+    on_long_prompt: str = "skip",
 ) -> ExtractSummary:
     """Answer ``num_samples`` questions of ``dataset`` and store their traces in ``out``.
 
@@ -117,11 +138,26 @@ def run_extract(
     shard's raw tensors are deleted (the manifest and the statistics stay).
     ``codec="predictive"`` stores fp16 tensors losslessly as residuals of the model's own
     layer-by-layer prediction (:mod:`hallugraph.codec`; reading needs the model).
+
+    Before any model compute, every prompt is checked against the model's context window
+    (prompt + answer tokens, the answer counted as ``max_new_tokens`` when generated) and
+    against ``max_prompt_tokens``: an example over either is skipped with an error row naming
+    it and the excess (``on_long_prompt="skip"``) or the run is refused (``"refuse"``).
+    On resume, shards whose data is missing or corrupt are found and their traces extracted
+    again (:meth:`TraceWriter.damaged_shards`).
     """
     t0 = time.perf_counter()
     settings = settings or GenerationSettings()
     settings.capture_mode()  # validate before anything slow
     check_codec(codec, dtype)
+    if num_samples is not None and num_samples < 1:
+        raise StoreError(f"--num-samples must be at least 1, not {num_samples}")
+    if max_prompt_tokens is not None and max_prompt_tokens < 1:
+        raise StoreError(f"--max-prompt-tokens must be at least 1, not {max_prompt_tokens}")
+    if on_long_prompt not in ("skip", "refuse"):
+        raise StoreError(f"--on-long-prompt must be skip or refuse, not {on_long_prompt!r}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise StoreError(f"--out {out} is a file, not a directory: choose a folder")
     if codec == "predictive" and not keep_tensors:
         raise StoreError(
             "--codec predictive compresses the raw tensors that --keep-tensors no deletes: "
@@ -133,9 +169,19 @@ def run_extract(
         )
     if answers_from:
         examples = [replace(e, answer=answers_from.get(e.id, e.answer)) for e in examples]
+    if not examples:
+        raise StoreError(f"{dataset}: no examples to extract")
     if lm is None:
         lm = load_model(model, quantize=quantize, device=device, dtype=model_dtype)
     prepared = prepare(lm, examples, settings.template)
+    too_long = prompt_problems(lm, prepared, settings.max_new_tokens, max_prompt_tokens)
+    if too_long and on_long_prompt == "refuse":
+        shown = "; ".join(f"{qid}: {msg}" for qid, msg in list(too_long.items())[:5])
+        more = f" (and {len(too_long) - 5} more)" if len(too_long) > 5 else ""
+        raise StoreError(
+            f"{len(too_long)} example(s) do not fit: {shown}{more}. Nothing was computed; "
+            "--on-long-prompt skip extracts the others."
+        )
     prefix = prefix_tokens(lm, prepared, settings.template)
     cfg = lm.model.config
     predictor = None
@@ -156,6 +202,11 @@ def run_extract(
         "num_layers": int(cfg.num_hidden_layers),
         "num_heads": int(cfg.num_attention_heads),
         "hidden_size": int(cfg.hidden_size),
+        "max_shard_mb": max_shard_mb,
+        "device": lm.device.type,
+        "max_prompt_tokens": max_prompt_tokens,
+        "on_long_prompt": on_long_prompt,
+        "columns": dict(columns) if columns else None,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     writer = TraceWriter(
@@ -168,7 +219,22 @@ def run_extract(
         codec=codec,
         predictor=predictor,
     )
-    pending = [p for p in prepared if p.example.id not in writer.done_ids]
+    redone: dict[str, str] = {}
+    if writer.rows:  # a resumed run: find shards lost or damaged since, and redo their traces
+        from hallugraph.features import all_statistics
+
+        redone = writer.damaged_shards([] if keep_tensors else all_statistics())
+        for shard, problem in redone.items():
+            log.warning("damaged shard %s (%s): its traces are extracted again", shard, problem)
+        writer.drop_shards(list(redone))
+    pending = []
+    for p in prepared:
+        if p.example.id in writer.done_ids:
+            continue
+        if p.example.id in too_long:
+            writer.add_error(p.example.id, too_long[p.example.id])
+            continue
+        pending.append(p)
     tdtype = getattr(torch, dtype)
     processed = 0
     pruned: list[str] = []
@@ -227,7 +293,43 @@ def run_extract(
         sizes=store.disk_usage(),
         first_shapes=shapes,
         seconds=time.perf_counter() - t0,
+        error_messages=writer.error_messages,
+        redone=redone,
     )
+
+
+def context_window(lm: LoadedModel) -> int | None:
+    """The model's maximum sequence length (``max_position_embeddings``), when it has one."""
+    n = getattr(lm.model.config, "max_position_embeddings", None)
+    return int(n) if n else None
+
+
+def prompt_problems(
+    lm: LoadedModel,
+    prepared: Sequence[Prepared],
+    max_new_tokens: int,
+    max_prompt_tokens: int | None = None,
+) -> dict[str, str]:
+    """``{example id: why}`` for the examples whose prompt is longer than ``max_prompt_tokens``
+    or whose prompt + answer (given, else ``max_new_tokens``) passes the context window.
+    Tokenized lengths only: no model compute."""
+    window = context_window(lm)
+    out: dict[str, str] = {}
+    for p in prepared:
+        n = len(p.prompt_ids)
+        answer = len(p.answer_ids) if p.answer_ids is not None else max_new_tokens
+        if max_prompt_tokens is not None and n > max_prompt_tokens:
+            out[p.example.id] = (
+                f"prompt of {n} tokens is over --max-prompt-tokens {max_prompt_tokens} by "
+                f"{n - max_prompt_tokens}; skipped before any compute"
+            )
+        elif window is not None and n + answer > window:
+            what = "given answer" if p.answer_ids is not None else "--max-new-tokens"
+            out[p.example.id] = (
+                f"prompt of {n} tokens + {answer} ({what}) is over the model's context window "
+                f"of {window} by {n + answer - window}; skipped before any compute"
+            )
+    return out
 
 
 def estimate_trace_bytes(

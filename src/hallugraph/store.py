@@ -21,9 +21,11 @@ What is stored, and what is not (it is redundant):
   (:mod:`hallugraph.codec`): lossless, several times smaller, but reading needs the model's
   weights (checked by fingerprint) and the same machine type and torch build.
 
-No pickle anywhere: tensors are safetensors, metadata is JSON. A shard becomes visible only
-by an atomic rename, and the manifest is rewritten atomically after each shard, so an
-interrupted run never shows a half-written shard and resumes where it stopped.
+No pickle anywhere: tensors are safetensors, metadata is JSON. Every file is written by
+:mod:`hallugraph.io` (temporary file, fsync, rename) and the manifest is rewritten after each
+shard, so an interrupted run never shows a half-written shard and resumes where it stopped.
+Every stored tensor has a checksum, checked when it is read (:mod:`hallugraph.integrity`);
+``docs/RELIABILITY.md`` lists what is guaranteed.
 """
 
 from __future__ import annotations
@@ -35,8 +37,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save
+
+from hallugraph.integrity import (
+    ALGORITHM,
+    CheckedFile,
+    IntegrityError,
+    StoreError,
+    array_digest,
+    row_digest,
+)
+from hallugraph.io import atomic_write_bytes, atomic_write_text, clean_tmp
 
 MANIFEST = "manifest.jsonl"
 RUN_INFO = "run.json"
@@ -47,32 +58,79 @@ FORMAT_VERSION = 1
 
 TENSOR_FIELDS = ("hidden_states", "attentions")
 CODECS = ("fp16", "predictive")
-_INFO_DEFAULTS = {"codec": "fp16"}  # keys older runs lack, with the value they imply
+_INFO_DEFAULTS = {"codec": "fp16", "max_shard_mb": 4096.0}  # keys older runs lack: implied value
+#: Settings older runs did not record: not compared on resume when the old run lacks them.
+_UNRECORDED_BEFORE = frozenset({"device", "max_prompt_tokens", "on_long_prompt", "columns"})
+#: Keys of run.json that a resume may change (they describe the state, not the settings).
+_STATE_KEYS = frozenset(
+    {"num_samples", "created", "checksum", "shared_checksums", "tensors_pruned"}
+)
 _LOADED: dict[tuple[Any, ...], Any] = {}  # the last predictor loaded by name (stores share it)
 
 
-class StoreError(RuntimeError):
-    """A run directory is missing, corrupt or does not match the requested run."""
+__all__ = [
+    "IntegrityError",
+    "StoreError",
+    "TraceStore",
+    "TraceWriter",
+    "check_codec",
+    "mark_pruned",
+    "pack_tril",
+    "tril_size",
+    "unpack_tril",
+]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file (own name per process), fsync, rename over ``path``."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def mark_pruned(run_dir: str | os.PathLike[str]) -> None:
+    """Record in ``run.json`` that the raw tensors are being deleted (before deleting them), so
+    a missing shard reads as pruned, not lost."""
+    path = Path(run_dir) / RUN_INFO
+    info = read_json_file(path)
+    if not info.get("tensors_pruned"):
+        info["tensors_pruned"] = True
+        write_run_info(Path(run_dir), info)
+
+
+# Thin alias kept for modules owned by others that still import it (attribution/viewer.py,
+# features/groundedness.py); the lead removes it at merge. Use hallugraph.io.
+_atomic_write_text = atomic_write_text
 
 
 def _atomic_save(
     tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str] | None = None
 ) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def read_json_file(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; :class:`StoreError` naming the file when it is not one."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StoreError(f"{path} is damaged (not valid UTF-8 JSON: {err})") from err
+    if not isinstance(obj, dict):
+        raise StoreError(f"{path} is damaged (a JSON object was expected)")
+    return obj
+
+
+def write_run_info(run_dir: Path, info: Mapping[str, Any]) -> None:
+    """Rewrite ``run.json`` atomically."""
+    atomic_write_text(run_dir / RUN_INFO, json.dumps(dict(info), indent=2, sort_keys=True) + "\n")
+
+
+def clean_leftovers(run_dir: Path) -> list[Path]:
+    """Remove temporary files left by a killed writer (this version's and older ones'): in the
+    run directory, ``shards/`` and ``stats/*/``. Only for a run no other process is writing."""
+    removed: list[Path] = []
+    folders = [run_dir, run_dir / SHARD_DIR, *sorted((run_dir / "stats").glob("*/"))]
+    for folder in folders:
+        if folder.is_dir():
+            removed += clean_tmp(folder)
+            for p in folder.glob("*.tmp"):  # older versions' names: x.tmp, x.<pid>.tmp
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+    return removed
 
 
 def tril_size(n: int) -> int:
@@ -160,15 +218,27 @@ class TraceWriter:
                 codec_fingerprint=self.predictor.fingerprint,
                 codec_kernel=self.predictor.kernel,
             )
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / SHARD_DIR).mkdir(exist_ok=True)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise StoreError(f"--out {self.dir} is a file, not a directory: choose a folder")
         info_path = self.dir / RUN_INFO
+        if not info_path.exists() and any(
+            p.exists() for p in (self.dir / MANIFEST, self.dir / SHARED, self.dir / SHARD_DIR)
+        ):
+            raise StoreError(
+                f"{self.dir} holds traces (a manifest or shards) but no {RUN_INFO}: the settings "
+                "they were made with are unknown, so they cannot be resumed or extended. Restore "
+                f"{info_path}, or choose a new --out."
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cleaned = clean_leftovers(self.dir)
+        info["checksum"] = ALGORITHM
         if info_path.exists():
-            old = json.loads(info_path.read_text(encoding="utf-8"))
+            old = read_json_file(info_path)
             diff = [
                 k
                 for k in set(old) | set(info)
-                if k not in ("num_samples", "created")
+                if k not in _STATE_KEYS
+                and not (k in _UNRECORDED_BEFORE and k not in old)
                 and old.get(k, _INFO_DEFAULTS.get(k)) != info.get(k)
             ]
             if diff:
@@ -176,21 +246,81 @@ class TraceWriter:
                     f"{self.dir} holds a run made with other arguments ({', '.join(sorted(diff))} "
                     "differ); re-run with the same arguments to resume, or choose a new --out."
                 )
-            info["created"] = old.get("created")
-        _atomic_write_text(info_path, json.dumps(info, indent=2, sort_keys=True) + "\n")
-        self.info = info
+            for k in ("created", "shared_checksums", "tensors_pruned"):
+                if k in old:
+                    info[k] = old[k]
+        (self.dir / SHARD_DIR).mkdir(exist_ok=True)
         self.rows: list[dict[str, Any]] = _read_manifest(self.dir)
+        if (self.dir / SHARED).exists() and "shared_checksums" not in info and not self.rows:
+            (self.dir / SHARED).unlink()  # written just before a kill, checksum never recorded
+        write_run_info(self.dir, info)
+        self.info = info
         self.done_ids = {r["question_id"] for r in self.rows}
-        self.shards_done = sorted({r["shard"] for r in self.rows})
+        self.shards_done = list(dict.fromkeys(r["shard"] for r in self.rows))
         self.shards_written: list[str] = []
         self._buffer: list[tuple[dict[str, Any], dict[str, np.ndarray]]] = []
         self._shared_ready = (self.dir / SHARED).exists()
         self._prefix_hidden: np.ndarray | None = None
         self.errors = 0
+        self.error_messages: list[str] = []
+        self._error_lines: list[str] | None = None
 
     @property
     def next_shard(self) -> str:
-        return f"{self.shard_name}_batch_{len(self.shards_done):04d}.safetensors"
+        nums = [len(self.shards_done) - 1]
+        for name in self.shards_done:
+            tail = name.rsplit("_batch_", 1)[-1].split(".", 1)[0]
+            if tail.isdigit():
+                nums.append(int(tail))
+        return f"{self.shard_name}_batch_{max(nums) + 1:04d}.safetensors"
+
+    def damaged_shards(self, stat_names: Sequence[str] = ()) -> dict[str, str]:
+        """Shards of the manifest whose data is missing or corrupt: ``{shard: problem}``.
+
+        A shard whose raw tensors were kept must exist and match every recorded checksum; one
+        pruned (``keep_tensors`` no) must have a sound statistics cache for each of
+        ``stat_names`` (see :func:`hallugraph.features.cache_problem`).
+        """
+        store = TraceStore(self.dir, model=self.predictor, verify=False)
+        bad: dict[str, str] = {}
+        for shard in self.shards_done:
+            path = store.shard_path(shard)
+            if path.exists() or store.tensors_expected():
+                try:
+                    store.check_shard(shard)
+                except (IntegrityError, StoreError) as err:
+                    bad[shard] = str(err)
+                continue
+            from hallugraph.features import cache_problem
+
+            for name in stat_names:
+                problem = cache_problem(store, name, shard)
+                if problem:
+                    bad[shard] = problem
+                    break
+        return bad
+
+    def drop_shards(self, shards: Sequence[str]) -> None:
+        """Forget the traces of ``shards`` (they become pending again): their manifest rows go,
+        the shard files are renamed ``*.damaged``, their statistics caches are deleted."""
+        gone = set(shards)
+        if not gone:
+            return
+        for name in gone:
+            path = self.dir / SHARD_DIR / name
+            if path.exists():
+                os.replace(path, path.with_name(path.name + ".damaged"))
+            for cache in (self.dir / "stats").glob(f"*/{name}"):
+                cache.unlink(missing_ok=True)
+        self.rows = [r for r in self.rows if r["shard"] not in gone]
+        for i, r in enumerate(self.rows):
+            r["index"] = i
+        self._write_manifest()
+        self.done_ids = {r["question_id"] for r in self.rows}
+        self.shards_done = [s for s in self.shards_done if s not in gone]
+
+    def _write_manifest(self) -> None:
+        atomic_write_text(self.dir / MANIFEST, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def add(
         self, meta: Mapping[str, Any], hidden_states: np.ndarray, attentions: np.ndarray
@@ -225,14 +355,14 @@ class TraceWriter:
             row_start = 0
         if not self._shared_ready and p:
             self._prefix_hidden = self._cast(hidden_states[:, :p])
-            _atomic_save(
-                {
-                    "prefix.hidden_states": self._prefix_hidden,
-                    "prefix.attentions": self._cast(attentions[..., : tril_size(p)]),
-                    "prefix.tokens": np.asarray(self.prefix_tokens, dtype=np.int64),
-                },
-                self.dir / SHARED,
-            )
+            shared = {
+                "prefix.hidden_states": self._prefix_hidden,
+                "prefix.attentions": self._cast(attentions[..., : tril_size(p)]),
+                "prefix.tokens": np.asarray(self.prefix_tokens, dtype=np.int64),
+            }
+            _atomic_save(shared, self.dir / SHARED)
+            self.info["shared_checksums"] = {k: array_digest(v) for k, v in shared.items()}
+            write_run_info(self.dir, self.info)
             self._shared_ready = True
         tensors = {
             "hidden_states": self._cast(hidden_states[:, p - row_start :]),
@@ -254,7 +384,8 @@ class TraceWriter:
         """The stored prefix rows of every layer (what a reader will use), ``[L+1, p, H]``."""
         if self._prefix_hidden is None:
             if self.prefix_tokens:
-                with safe_open(str(self.dir / SHARED), framework="np") as fh:
+                path = self.dir / SHARED
+                with CheckedFile(path, self.info.get("shared_checksums") or {}) as fh:
                     self._prefix_hidden = fh.get_tensor("prefix.hidden_states")
             else:
                 self._prefix_hidden = np.zeros((own.shape[0], 0, own.shape[2]), own.dtype)
@@ -272,8 +403,13 @@ class TraceWriter:
     def add_error(self, question_id: str, message: str) -> None:
         """Record a failed example (it stays pending and is retried on resume)."""
         self.errors += 1
-        with open(self.dir / ERRORS, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"question_id": question_id, "error": message}) + "\n")
+        self.error_messages.append(f"{question_id}: {message}")
+        if self._error_lines is None:
+            path = self.dir / ERRORS
+            text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+            self._error_lines = [ln + "\n" for ln in text.splitlines() if ln.strip()]
+        self._error_lines.append(json.dumps({"question_id": question_id, "error": message}) + "\n")
+        atomic_write_text(self.dir / ERRORS, "".join(self._error_lines))
 
     def flush(self) -> None:
         """Write the buffered traces as one shard, then publish them in the manifest."""
@@ -289,12 +425,14 @@ class TraceWriter:
                 tensors[f"{key}.{field}"] = arr
             row = dict(meta)
             row.update(index=base + j, shard=name, key=key)
+            row["checksums"] = {field: array_digest(arr) for field, arr in t.items()}
+            row["row_checksum"] = row_digest(row)
             new_rows.append(row)
         _atomic_save(
             tensors, self.dir / SHARD_DIR / name, metadata={"format_version": str(FORMAT_VERSION)}
         )
         self.rows.extend(new_rows)
-        _atomic_write_text(self.dir / MANIFEST, "".join(json.dumps(r) + "\n" for r in self.rows))
+        self._write_manifest()
         self.done_ids.update(r["question_id"] for r in new_rows)
         self.shards_done.append(name)
         self.shards_written.append(name)
@@ -305,17 +443,32 @@ class TraceWriter:
 
 
 def _read_manifest(run_dir: Path) -> list[dict[str, Any]]:
+    """The manifest's rows; :class:`StoreError` naming the file and line when one is damaged
+    (not UTF-8, not JSON, or its ``row_checksum`` does not match its fields)."""
     path = run_dir / MANIFEST
     if not path.exists():
         return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise IntegrityError(f"{path} is damaged (not valid UTF-8: {err})") from err
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise StoreError(f"{path}:{n} is not valid JSON ({err})") from err
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise IntegrityError(f"{path}:{n} is damaged (not valid JSON: {err})") from err
+        if not isinstance(row, dict) or "question_id" not in row or "shard" not in row:
+            raise IntegrityError(f"{path}:{n} is damaged (not a trace row)")
+        want = row.get("row_checksum")
+        if want is not None and row_digest(row) != want:
+            raise IntegrityError(
+                f"{path}:{n} (trace {row.get('question_id')}) does not match its row_checksum: "
+                "the manifest is corrupt or was edited"
+            )
+        rows.append(row)
     return rows
 
 
@@ -342,8 +495,9 @@ class TraceStore:
         info_path = self.dir / RUN_INFO
         if not info_path.exists():
             raise StoreError(f"{self.dir} is not a hallugraph run (no {RUN_INFO})")
-        self.info: dict[str, Any] = json.loads(info_path.read_text(encoding="utf-8"))
+        self.info: dict[str, Any] = read_json_file(info_path)
         self.rows = _read_manifest(self.dir)
+        self._expected: dict[str, dict[str, str]] | None = None
         self._shared: dict[str, np.ndarray] | None = None
         self.codec = self.info.get("codec", "fp16")
         if self.codec not in CODECS:
@@ -410,12 +564,57 @@ class TraceStore:
     def shard_path(self, name: str) -> Path:
         return self.dir / SHARD_DIR / name
 
+    def tensors_expected(self) -> bool:
+        """Whether every shard's raw tensors should be on disk (not extracted with
+        ``--keep-tensors no`` nor pruned by ``hallugraph stats --prune``)."""
+        return bool(self.info.get("keep_tensors", True)) and not self.info.get("tensors_pruned")
+
+    @property
+    def has_checksums(self) -> bool:
+        """Whether the run records checksums (runs of older versions do not)."""
+        return "checksum" in self.info
+
+    def expected_digests(self, shard: str) -> dict[str, str]:
+        """Recorded checksums of the tensors of ``shard``: ``{tensor name: digest}``."""
+        if self._expected is None:
+            self._expected = {}
+            for r in self.rows:
+                exp = self._expected.setdefault(r["shard"], {})
+                for field, digest in (r.get("checksums") or {}).items():
+                    exp[f"{r['key']}.{field}"] = digest
+        return self._expected.get(shard, {})
+
+    def check_shard(self, shard: str) -> int:
+        """Read every tensor of ``shard`` that the manifest lists and check it against its
+        checksum; returns how many were checked. Raises :class:`IntegrityError` naming the
+        file."""
+        expected = self.expected_digests(shard)
+        names = expected or {
+            f"{r['key']}.{f}": None for r in self.rows if r["shard"] == shard for f in TENSOR_FIELDS
+        }
+        with self._open(shard) as fh:
+            present = set(fh.keys())
+            missing = [n for n in names if n not in present]
+            if missing:
+                raise IntegrityError(
+                    f"{self.shard_path(shard)}: tensors {', '.join(missing[:3])} listed in the "
+                    "manifest are missing from the file"
+                )
+            for name in names:
+                fh.get_tensor(name)
+        return len(expected)
+
+    def check_shared(self) -> None:
+        """Check ``shared.safetensors`` against its recorded checksums."""
+        self._shared = None
+        self._prefix()
+
     def _prefix(self) -> dict[str, np.ndarray]:
         if self._shared is None:
             path = self.dir / SHARED
             self._shared = {}
-            if path.exists():
-                with safe_open(str(path), framework="np") as fh:
+            if path.exists() or int(self.info.get("prefix_len", 0)):
+                with CheckedFile(path, self.info.get("shared_checksums") or {}) as fh:
                     self._shared = {k: fh.get_tensor(k) for k in fh.keys()}
         return self._shared
 
@@ -470,14 +669,25 @@ class TraceStore:
         with self._open(row["shard"]) as fh:
             return self._assemble(row, fh, fields)
 
-    def _open(self, shard: str) -> Any:
+    def _open(self, shard: str) -> CheckedFile:
         path = self.shard_path(shard)
         if not path.exists():
-            raise StoreError(
-                f"the raw tensors of {path.name} were not kept (extracted with --keep-tensors no);"
-                " its statistics are in stats/. Re-extract with --keep-tensors yes for tensors."
+            if self.tensors_expected():
+                raise IntegrityError(
+                    f"{path}: missing. {self.dir / RUN_INFO} says the raw tensors were kept, so "
+                    "the shard was deleted or lost; a resumed `hallugraph extract` with the "
+                    "same arguments redoes its traces."
+                )
+            how = (
+                "pruned by `hallugraph stats --prune`"
+                if self.info.get("tensors_pruned")
+                else "extracted with --keep-tensors no"
             )
-        return safe_open(str(path), framework="np")
+            raise StoreError(
+                f"the raw tensors of {path.name} were not kept ({how}); its statistics are in "
+                "stats/. Re-extract with --keep-tensors yes for tensors."
+            )
+        return CheckedFile(path, self.expected_digests(shard))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not -len(self) <= i < len(self):

@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 from tqdm.auto import tqdm
 
+from hallugraph.integrity import IntegrityError, array_digest, open_safetensors
+from hallugraph.io import atomic_write_bytes
 from hallugraph.store import TraceStore
+
+log = logging.getLogger(__name__)
 
 STATS_DIR = "stats"
 
@@ -108,13 +112,60 @@ def _cache_path(run_dir: Path, stat: Statistic, shard: str) -> Path:
     return run_dir / STATS_DIR / stat.name / shard
 
 
-def _read_cache(path: Path, key: str) -> np.ndarray | None:
+def _read_cache(path: Path, key: str | None) -> tuple[np.ndarray | None, str | None]:
+    """``(values, problem)``: the cached array when the file exists, is sound and was made for
+    ``key`` (any key when ``None``); ``problem`` says why a file that exists is damaged
+    (truncated, unreadable, checksum mismatch). A stale key is no problem, just no values.
+    Files of older versions carry no checksum and are read unchecked."""
     if not path.exists():
-        return None
-    with safe_open(str(path), framework="np") as fh:
-        if (fh.metadata() or {}).get("key") != key:
-            return None
-        return fh.get_tensor("values")
+        return None, None
+    try:
+        with open_safetensors(path) as fh:
+            meta = fh.metadata() or {}
+            if key is not None and meta.get("key") != key:
+                return None, None
+            values = fh.get_tensor("values")
+    except Exception as err:  # noqa: BLE001 - IntegrityError or a failing read: damaged
+        return None, str(err) if isinstance(err, IntegrityError) else f"{path}: {err}"
+    want = meta.get("checksum")
+    if want is not None and array_digest(values) != want:
+        return None, f"{path}: checksum mismatch (recorded {want}): the cache file is corrupt"
+    return values, None
+
+
+def _write_cache(path: Path, values: np.ndarray, key: str, name: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"key": key, "name": name, "checksum": array_digest(values), "rows": str(len(values))}
+    atomic_write_bytes(path, save({"values": values}, metadata=meta))
+
+
+def check_cache_file(path: Path, rows: int | None = None) -> str | None:
+    """Why a statistics cache file is damaged (unreadable, checksum mismatch, not ``rows``
+    rows), or ``None`` when it is sound (files of older versions: readable is sound)."""
+    values, problem = _read_cache(path, None)
+    if problem:
+        return problem
+    if values is not None and rows is not None and len(values) != rows:
+        return f"{path}: {len(values)} rows for the shard's {rows} traces"
+    return None
+
+
+def cache_problem(store: TraceStore, name: str, shard: str) -> str | None:
+    """Why the cached statistic ``name`` of ``shard`` is unusable (missing, damaged, made for
+    other traces or of the wrong length), or ``None`` when it is sound."""
+    stat = get_statistic(name)
+    rows = [r for r in store.manifest if r["shard"] == shard]
+    path = _cache_path(store.dir, stat, shard)
+    if not path.exists():
+        return f"{path}: missing"
+    values, problem = _read_cache(path, _cache_key(stat, rows, stat.prepare(store)))
+    if problem:
+        return problem
+    if values is None:
+        return f"{path}: made for other traces or another version of {name!r} (stale)"
+    if len(values) != len(rows):
+        return f"{path}: {len(values)} rows for the shard's {len(rows)} traces"
+    return None
 
 
 def compute_stats(
@@ -145,7 +196,15 @@ def compute_stats(
         todo = []
         for st in stats:
             key = _cache_key(st, rows, extra[st.name])
-            cached = _read_cache(_cache_path(store.dir, st, shard), key)
+            path = _cache_path(store.dir, st, shard)
+            cached, problem = _read_cache(path, key)
+            if problem:
+                if st.fields and not store.shard_path(shard).exists():
+                    raise IntegrityError(
+                        f"{problem}. The raw tensors of {shard} were not kept, so it cannot be "
+                        "recomputed: re-extract the run (`hallugraph verify RUN` lists the damage)"
+                    )
+                log.warning("%s; recomputing it", problem)
             if cached is not None and len(cached) == len(rows):
                 parts[st.name].append(cached)
             else:
@@ -165,7 +224,7 @@ def compute_stats(
 
 def _compute_shard(store, shard, rows, todo, bar) -> dict[str, np.ndarray]:
     fields = sorted({f for st, _ in todo for f in st.fields})
-    if fields and not store.shard_path(shard).exists():
+    if fields and not store.shard_path(shard).exists() and not store.tensors_expected():
         missing = ", ".join(st.name for st, _ in todo)
         raise FileNotFoundError(
             f"statistics {missing} need the raw tensors of {store.dir / shard}, which were not "
@@ -180,11 +239,7 @@ def _compute_shard(store, shard, rows, todo, bar) -> dict[str, np.ndarray]:
     out = {}
     for st, key in todo:
         arr = np.stack(values[st.name])
-        path = _cache_path(store.dir, st, shard)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent writers never share it
-        save_file({"values": arr}, str(tmp), metadata={"key": key, "name": st.name})
-        os.replace(tmp, path)
+        _write_cache(_cache_path(store.dir, st, shard), arr, key, st.name)
         out[st.name] = arr
     return out
 
