@@ -474,3 +474,17 @@ def test_halueval_teacher_forced_expands_three_answers_per_question():
     assert {e.meta["group"] for e in tf[:3]} == {base[0].id}
     assert all(e.context == base[0].context for e in tf[:3])
     assert len(load_dataset("halueval_qa_tf")) == 1500
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".json"])
+def test_non_utf8_file_is_an_error_naming_it(tmp_path, suffix):
+    """issue 15.10: a latin-1 file gave a bare UnicodeDecodeError without the file's name."""
+    body = {
+        ".jsonl": b'{"question": "Caf\xe9?"}\n',
+        ".csv": b"question\nCaf\xe9?\n",
+        ".json": b'[{"question": "Caf\xe9?"}]',
+    }[suffix]
+    path = tmp_path / f"latin1{suffix}"
+    path.write_bytes(body)
+    with pytest.raises(DatasetError, match=rf"latin1\{suffix}: not UTF-8"):
+        load_dataset(str(path))

@@ -376,3 +376,58 @@ def test_length_matched_auroc_ignores_what_length_explains():
     res = length_matched_auroc(y2, s2, len2, idx=bootstrap_indices(200, 200, 0))
     assert res["auroc_lm_lo"] <= res["auroc_lm"] <= res["auroc_lm_hi"]
     assert 0.6 < res["auroc_lm"] < 0.9
+
+
+# ---------------------------------------------------------------- issue 15: faults in evaluate
+
+
+def test_outputs_are_atomic_and_results_json_is_written_last(tiny_run, tmp_path, monkeypatch):
+    out = tmp_path / "e"
+    evaluate([tiny_run], ["perplexity"], out_dir=out, bootstrap=20, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def killed(self, dataset, path):  # the process dies while the PNG is being written
+        path.with_name(f".{path.name}.999.0.tmp").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EvalReport, "plot_roc", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate([tiny_run], ["perplexity"], out_dir=out, seed=3, bootstrap=20, progress=False)
+    # no 0-byte file; results.json (and the PNG) are still the complete previous ones
+    assert all(p.stat().st_size > 0 for p in out.iterdir() if not p.name.endswith(".tmp"))
+    assert (out / "results.json").read_bytes() == before["results.json"]
+    png = next(n for n in before if n.endswith(".png"))
+    assert (out / png).read_bytes() == before[png]
+
+
+def test_report_names_detectors_that_failed_on_every_run(tiny_run, tmp_path):
+    rep = evaluate(
+        [tiny_run], ["perplexity", Boom], out_dir=tmp_path / "e", bootstrap=0, progress=False
+    )
+    assert rep.failed_everywhere() == ["boom"]
+    assert (tmp_path / "e" / "results.json").exists()  # the table is still written
+
+
+def test_unlabelable_traces_are_left_out(tiny_run, tmp_path):
+    run = tmp_path / "partly"
+    shutil.copytree(tiny_run, run)
+    rows = _read_manifest(run)
+    for r in rows[:4]:
+        r.pop("label")
+        r["label_rule"], r["label_details"] = "match", {"unlabeled": "no usable reference"}
+    _atomic_write_text(run / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
+    rep = evaluate([run], ["perplexity"], out_dir=tmp_path / "e", bootstrap=0, progress=False)
+    assert sum(v["n"] for v in next(iter(rep.splits.values())).values()) == 20
+    assert any("4 of 24 traces could not be labeled" in w for w in rep.config["warnings"])
+
+
+def test_a_damaged_shard_stops_evaluate_naming_it(tiny_run, tmp_path):
+    from hallugraph.integrity import IntegrityError
+
+    run = tmp_path / "damaged"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "stats", ignore_errors=True)
+    shard = sorted((run / "shards").glob("*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:-50])
+    with pytest.raises(IntegrityError, match=shard.name):
+        evaluate([run], ["saplma_lr"], out_dir=tmp_path / "e", bootstrap=0, progress=False)

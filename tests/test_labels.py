@@ -464,3 +464,54 @@ def test_label_run_errors(tmp_path):
         label_run(tmp_path / "r", method="bleu")
     with pytest.raises(ValueError, match="spot_check"):
         label_run(tmp_path / "r", spot_check=-1)
+
+
+# ------------------------------------------------------ issue 15: no reference is no label
+
+
+def test_traces_without_references_stay_unlabeled_and_are_counted(tmp_path):
+    run = tmp_path / "mixed"
+    make_run(
+        run,
+        "triviaqa",
+        [
+            {"references": ["Paris"], "generated_answer_clean": "Paris."},
+            {"references": [], "generated_answer_clean": "Lyon."},
+            {"references": ["The", "?"], "generated_answer_clean": "Nice."},  # nothing usable
+        ],
+    )
+    summary = label_run(run, spot_check=0)
+    rows = read_manifest(run)
+    assert rows[0]["label"] == 0
+    for r in rows[1:]:  # not "hallucinated": unknown
+        assert "label" not in r and "no usable reference" in r["label_details"]["unlabeled"]
+    assert summary.unlabeled == 2 and summary.total == 1 and summary.hallucinated == 0
+    assert "unlabeled:                 2" in summary.render()
+
+
+def test_a_run_where_nothing_can_be_labeled_is_an_error(tmp_path):
+    run = tmp_path / "norefs"
+    make_run(run, "triviaqa", [{"generated_answer_clean": a} for a in ("Paris", "Lyon", "x")])
+    before = (run / "manifest.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="none of its 3 traces can be labeled"):
+        label_run(run)
+    assert (run / "manifest.jsonl").read_bytes() == before
+
+
+def test_truthfulqa_needs_both_kinds_of_reference(tmp_path):
+    run = tmp_path / "tqa"
+    make_run(
+        run,
+        "truthfulqa",
+        [
+            {"references": ["yes"], "incorrect": ["no"], "generated_answer_clean": "no"},
+            {"references": ["yes"], "incorrect": [], "generated_answer_clean": "no"},
+            {"references": [], "incorrect": ["no"], "generated_answer_clean": "yes"},
+        ],
+    )
+    summary = label_run(run, spot_check=0)
+    rows = read_manifest(run)
+    assert rows[0]["label"] == 1
+    assert "label" not in rows[1] and "incorrect" in rows[1]["label_details"]["unlabeled"]
+    assert "label" not in rows[2] and "correct" in rows[2]["label_details"]["unlabeled"]
+    assert summary.unlabeled == 2

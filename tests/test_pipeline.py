@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from safetensors import safe_open
@@ -93,3 +95,98 @@ def test_max_shard_mb_splits_shards_and_keeps_every_trace(tiny_lm, tmp_path):
         for field in ("hidden_states", "attentions"):
             x, y = (t[field].astype(np.float32) for t in (a[i], b[i]))
             np.testing.assert_allclose(x, y, rtol=2**-10, atol=1e-6)
+
+
+# ------------------------------------------------------------- issue 15: guards before compute
+
+
+def _spy_capture(monkeypatch):
+    import hallugraph.pipeline as pipe
+
+    seen: list[str] = []
+    real = pipe.capture_batch
+
+    def spy(lm, batch, gs, prefix=()):
+        seen.extend(p.example.id for p in batch)
+        return real(lm, batch, gs, prefix)
+
+    monkeypatch.setattr(pipe, "capture_batch", spy)
+    return seen
+
+
+def _long_examples():
+    long_q = "Which city " + "is the capital of France " * 120 + "?"
+    return [
+        Example(id="short", question="Which city is number 1?", references=("Paris",)),
+        Example(id="long", question=long_q, references=("Paris",)),
+    ]
+
+
+def test_prompt_over_the_context_window_is_skipped_before_any_compute(
+    tiny_lm, tmp_path, monkeypatch
+):
+    seen = _spy_capture(monkeypatch)
+    summary = run_extract(
+        model="tiny",
+        dataset="toy",
+        out=tmp_path,
+        lm=tiny_lm,
+        progress=False,
+        examples=_long_examples(),
+        settings=GenerationSettings(max_new_tokens=4, batch_size=2),
+    )
+    assert seen == ["short"]  # the long prompt never reached the model
+    assert summary.total == 1 and summary.errors == 1
+    (msg,) = summary.error_messages
+    assert msg.startswith("long:") and "context window of 512 by" in msg
+    assert "long" in summary.render() and "context window" in summary.render()
+
+
+def test_long_prompt_refused_on_request_before_anything_is_written(tiny_lm, tmp_path, monkeypatch):
+    from hallugraph.store import StoreError
+
+    seen = _spy_capture(monkeypatch)
+    with pytest.raises(StoreError, match=r"long: prompt of \d+ tokens .* by \d+"):
+        run_extract(
+            model="tiny",
+            dataset="toy",
+            out=tmp_path / "r",
+            lm=tiny_lm,
+            progress=False,
+            examples=_long_examples(),
+            settings=GenerationSettings(max_new_tokens=4),
+            on_long_prompt="refuse",
+        )
+    assert seen == [] and not (tmp_path / "r").exists()
+
+
+def test_max_prompt_tokens_budget(tiny_lm, tmp_path, monkeypatch):
+    seen = _spy_capture(monkeypatch)
+    summary = run_extract(
+        model="tiny",
+        dataset="toy",
+        out=tmp_path,
+        lm=tiny_lm,
+        progress=False,
+        examples=_examples()[:2],
+        settings=GenerationSettings(max_new_tokens=4),
+        max_prompt_tokens=5,
+    )
+    assert seen == [] and summary.errors == 2 and summary.total == 0
+    assert "over --max-prompt-tokens 5 by" in summary.error_messages[0]
+    assert json.loads((tmp_path / "run.json").read_text())["max_prompt_tokens"] == 5
+
+
+def test_zero_samples_is_refused_and_writes_nothing(tiny_lm, tmp_path):
+    from hallugraph.store import StoreError
+
+    with pytest.raises(StoreError, match="at least 1"):
+        run_extract(
+            model="tiny",
+            dataset="triviaqa",
+            out=tmp_path / "r",
+            lm=tiny_lm,
+            progress=False,
+            num_samples=0,
+        )
+    assert not (tmp_path / "r").exists()

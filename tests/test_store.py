@@ -195,3 +195,146 @@ def test_keep_tensors_no_keeps_statistics_only(tiny_lm, tmp_path):
     with pytest.raises(StoreError, match="not kept"):
         lean[0]
     assert lean.get(0, fields=())["question_id"] == "t0"
+
+
+# ------------------------------------------------------------------ issue 15: faults on resume
+
+
+def _flip(path, n=64):
+    import struct
+
+    raw = bytearray(path.read_bytes())
+    start = 8 + struct.unpack("<Q", raw[:8])[0]
+    mid = start + (len(raw) - start) // 2
+    for i in range(mid, mid + n):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("fault", ["deleted", "flipped", "truncated"])
+def test_resume_redoes_the_traces_of_a_damaged_shard(tiny_lm, tmp_path, fault):
+    _run(tiny_lm, tmp_path / "full")
+    run = tmp_path / "damaged"
+    _run(tiny_lm, run)
+    shard = run / "shards" / "tiny_toy_batch_0001.safetensors"
+    if fault == "deleted":
+        shard.unlink()
+    elif fault == "flipped":
+        _flip(shard)
+    else:
+        shard.write_bytes(shard.read_bytes()[:-100])
+    summary = _run(tiny_lm, run)
+    assert list(summary.redone) == [shard.name] and summary.processed == 2
+    assert summary.total == 7
+    from hallugraph.integrity import verify_run
+
+    assert verify_run(run).ok
+    # the redone traces are the same traces, in a shard of their own
+    full = {t["question_id"]: t for t in TraceStore(tmp_path / "full")}
+    for t in TraceStore(run):
+        np.testing.assert_array_equal(t["hidden_states"], full[t["question_id"]]["hidden_states"])
+        np.testing.assert_array_equal(t["attentions"], full[t["question_id"]]["attentions"])
+    assert sorted(r["index"] for r in _manifest(run)) == list(range(7))
+    assert _run(tiny_lm, run).processed == 0
+
+
+def test_resume_of_a_pruned_run_redoes_a_shard_whose_statistics_are_lost(tiny_lm, tmp_path):
+    import shutil
+
+    run = tmp_path / "lean"
+    _run(tiny_lm, run, keep_tensors=False)
+    shutil.rmtree(run / "stats" / "logit")
+    summary = _run(tiny_lm, run, keep_tensors=False)
+    assert summary.processed == 7 and len(summary.redone) == 4
+    from hallugraph.integrity import verify_run
+
+    assert verify_run(run).ok
+
+
+def test_run_dir_without_run_json_is_refused(tiny_lm, tmp_path):
+    _run(tiny_lm, tmp_path)
+    (tmp_path / "run.json").unlink()
+    before = (tmp_path / "manifest.jsonl").read_bytes()
+    with pytest.raises(StoreError, match="no run.json"):
+        _run(tiny_lm, tmp_path, max_shard_mb=1.0)
+    assert not (tmp_path / "run.json").exists()
+    assert (tmp_path / "manifest.jsonl").read_bytes() == before
+
+
+def test_max_shard_mb_and_device_are_recorded_and_a_resume_may_not_change_them(tiny_lm, tmp_path):
+    _run(tiny_lm, tmp_path, max_shard_mb=4096.0)
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["max_shard_mb"] == 4096.0 and info["device"] == "cpu"
+    with pytest.raises(StoreError, match="max_shard_mb"):
+        _run(tiny_lm, tmp_path, max_shard_mb=0.001)
+
+
+def test_truncated_run_json_names_the_file(tiny_lm, tmp_path):
+    _run(tiny_lm, tmp_path)
+    text = (tmp_path / "run.json").read_text()
+    (tmp_path / "run.json").write_text(text[: len(text) // 2])
+    with pytest.raises(StoreError, match=r"run\.json is damaged"):
+        TraceStore(tmp_path)
+    with pytest.raises(StoreError, match=r"run\.json is damaged"):
+        _run(tiny_lm, tmp_path)
+    (tmp_path / "run.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(StoreError, match=r"run\.json is damaged"):
+        TraceStore(tmp_path)
+
+
+def test_out_pointing_to_a_file_is_refused(tiny_lm, tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("keep me")
+    with pytest.raises(StoreError, match="is a file"):
+        _run(tiny_lm, f)
+    assert f.read_text() == "keep me"
+
+
+def test_leftover_temporary_files_are_cleaned_on_resume(tiny_lm, tmp_path):
+    _run(tiny_lm, tmp_path, keep_tensors=False)
+    left = [
+        tmp_path / "shards" / "tiny_toy_batch_0004.safetensors.tmp",  # older versions' names
+        tmp_path / "manifest.jsonl.4242.tmp",
+        tmp_path / "stats" / "logit" / "tiny_toy_batch_0000.safetensors.4242.tmp",
+        tmp_path / "shards" / ".tiny_toy_batch_0004.safetensors.4242.0.tmp",  # hallugraph.io's
+        tmp_path / ".run.json.4242.3.tmp",
+    ]
+    for p in left:
+        p.write_bytes(b"partial")
+    _run(tiny_lm, tmp_path, keep_tensors=False)
+    assert not [p for p in left if p.exists()]
+
+
+def test_kill_between_shared_file_and_its_checksum_is_recovered(tiny_lm, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = store_mod.write_run_info
+
+    def dies_on_second_write(run_dir, info):
+        calls["n"] += 1
+        if calls["n"] == 2:  # 1: run.json at start; 2: the shared prefix's checksum
+            raise KeyboardInterrupt
+        return real(run_dir, info)
+
+    monkeypatch.setattr(store_mod, "write_run_info", dies_on_second_write)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_lm, tmp_path)
+    assert (tmp_path / "shared.safetensors").exists()
+    assert "shared_checksums" not in json.loads((tmp_path / "run.json").read_text())
+    monkeypatch.setattr(store_mod, "write_run_info", real)
+    _run(tiny_lm, tmp_path)
+    assert json.loads((tmp_path / "run.json").read_text())["shared_checksums"]
+    from hallugraph.integrity import verify_run
+
+    assert verify_run(tmp_path).ok
+
+
+def test_errors_file_is_rewritten_whole(tiny_lm, tmp_path, monkeypatch):
+    import hallugraph.pipeline as pipe
+
+    def always(lm, batch, gs, prefix=()):
+        raise RuntimeError("nope")
+
+    monkeypatch.setattr(pipe, "capture_batch", always)
+    _run(tiny_lm, tmp_path)
+    lines = (tmp_path / "errors.jsonl").read_text().splitlines()
+    assert len(lines) == 7 and all(json.loads(x)["error"] == "RuntimeError: nope" for x in lines)

@@ -14,6 +14,7 @@ Only the standard library is used.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import string
@@ -133,8 +134,35 @@ def _take(examples: list[Example], num_samples: int | None) -> list[Example]:
     return examples[:num_samples]
 
 
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> DatasetError:
+    return DatasetError(
+        f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start} of "
+        "the block read); save the file as UTF-8"
+    )
+
+
+def _read_text(path: Path) -> str:
+    """The whole file as text (UTF-8, a BOM dropped); :class:`DatasetError` naming the file
+    when it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from None
+
+
+def _open_csv(path: Path) -> io.StringIO:
+    return io.StringIO(_read_text(path), newline="")
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(1-based line number, record)`` for each non-blank line; each must be a JSON object."""
+    try:
+        yield from _iter_jsonl_lines(path)
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from None
+
+
+def _iter_jsonl_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open(encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -238,7 +266,7 @@ def load_truthfulqa(
         "Source",
     )
     out: list[Example] = []
-    with path.open(encoding="utf-8-sig", newline="") as fh:
+    with _open_csv(path) as fh:
         reader = csv.DictReader(fh)
         header = [h.lstrip("\ufeff").strip() for h in (reader.fieldnames or [])]
         reader.fieldnames = header
@@ -437,7 +465,7 @@ def _read_records(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[st
     """``([(line, record)], header, is_csv)``; header is the union of keys for JSONL."""
     suffix = path.suffix.lower()
     if suffix in CSV_SUFFIXES:
-        with path.open(encoding="utf-8-sig", newline="") as fh:
+        with _open_csv(path) as fh:
             reader = csv.DictReader(fh)
             header = [h.lstrip("\ufeff").strip() for h in (reader.fieldnames or [])]
             reader.fieldnames = header
@@ -453,11 +481,11 @@ def _read_records(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[st
                 records.append((reader.line_num, row))
         return records, header, True
     if suffix in JSONL_SUFFIXES:
-        with path.open(encoding="utf-8-sig") as fh:
+        with path.open(encoding="utf-8-sig", errors="replace") as fh:
             head = fh.read(4096).lstrip()
         if suffix == ".json" and head.startswith("["):  # a JSON array of objects
             try:
-                data = json.loads(path.read_text(encoding="utf-8-sig"))
+                data = json.loads(_read_text(path))
             except json.JSONDecodeError as err:
                 raise DatasetError(
                     f"{path}: line {err.lineno}: malformed JSON: {err.msg}"

@@ -108,12 +108,23 @@ def _converted_smollm2_dir() -> Path:
     tok.pad_token = "<|endoftext|>"
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    tmp = target.with_name(target.name + ".tmp")
+    # a folder, so not hallugraph.io's file writer: written under a name of this process's own
+    # (two processes converting at once never share it), then renamed; a kill leaves no
+    # config.json + model.safetensors pair at the target, so the next load converts again
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first: keep its copy
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
