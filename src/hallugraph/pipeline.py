@@ -223,7 +223,11 @@ def run_extract(
     if writer.rows:  # a resumed run: find shards lost or damaged since, and redo their traces
         from hallugraph.features import all_statistics
 
-        redone = writer.damaged_shards([] if keep_tensors else all_statistics())
+        # a pruned run: the statistics computed for it (a statistic added by a later version
+        # has no folder yet and is not a reason to redo anything)
+        stats_dir = Path(out) / "stats"
+        computed = [n for n in all_statistics() if (stats_dir / n).is_dir()]
+        redone = writer.damaged_shards([] if keep_tensors else computed)
         for shard, problem in redone.items():
             log.warning("damaged shard %s (%s): its traces are extracted again", shard, problem)
         writer.drop_shards(list(redone))
