@@ -338,3 +338,35 @@ def test_errors_file_is_rewritten_whole(tiny_lm, tmp_path, monkeypatch):
     _run(tiny_lm, tmp_path)
     lines = (tmp_path / "errors.jsonl").read_text().splitlines()
     assert len(lines) == 7 and all(json.loads(x)["error"] == "RuntimeError: nope" for x in lines)
+
+
+def test_an_older_run_without_checksums_can_be_resumed(tiny_lm, tmp_path):
+    from hallugraph.integrity import verify_run
+
+    def extract(n):
+        return run_extract(
+            model="tiny",
+            dataset="toy",
+            out=tmp_path,
+            lm=tiny_lm,
+            progress=False,
+            examples=toy(n),
+            settings=GenerationSettings(max_new_tokens=5, batch_size=2),
+            shard_size=2,
+        )
+
+    extract(4)
+    info = json.loads((tmp_path / "run.json").read_text())
+    for k in ("checksum", "shared_checksums", "max_shard_mb", "device"):  # what old runs lack
+        info.pop(k)
+    (tmp_path / "run.json").write_text(json.dumps(info))
+    rows = _manifest(tmp_path)
+    for r in rows:
+        del r["checksums"], r["row_checksum"]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert extract(7).processed == 3
+    rows = _manifest(tmp_path)
+    assert ["checksums" in r for r in rows] == [False] * 4 + [True] * 3
+    rep = verify_run(tmp_path)
+    assert rep.ok and "no checksums recorded" in rep.render()
+    assert len(list(TraceStore(tmp_path))) == 7

@@ -251,6 +251,10 @@ class TraceWriter:
                     info[k] = old[k]
         (self.dir / SHARD_DIR).mkdir(exist_ok=True)
         self.rows: list[dict[str, Any]] = _read_manifest(self.dir)
+        if info_path.exists() and "checksum" not in old and self.rows:
+            # a run of an older version: it stays one (its old traces have no checksums; the
+            # new ones get theirs all the same)
+            del info["checksum"]
         if (self.dir / SHARED).exists() and "shared_checksums" not in info and not self.rows:
             (self.dir / SHARED).unlink()  # written just before a kill, checksum never recorded
         write_run_info(self.dir, info)
@@ -453,7 +457,7 @@ def _read_manifest(run_dir: Path) -> list[dict[str, Any]]:
     except UnicodeDecodeError as err:
         raise IntegrityError(f"{path} is damaged (not valid UTF-8: {err})") from err
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
