@@ -88,7 +88,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run")
     ap.add_argument("--work", default="runs/faults")
-    ap.add_argument("--detectors", default="perplexity,lapeigvals,saplma_lr")
+    ap.add_argument("--detectors", default="perplexity,llmcheck_attn,llmcheck_hidden")
     ap.add_argument("--no-extract", action="store_true", help="skip the resumed extract")
     a = ap.parse_args()
     src, work = Path(a.run), Path(a.work)
