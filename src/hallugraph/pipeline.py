@@ -29,6 +29,7 @@ from hallugraph.store import (
     TraceStore,
     TraceWriter,
     check_codec,
+    check_out_dir,
     tril_size,
 )
 
@@ -156,8 +157,7 @@ def run_extract(
         raise StoreError(f"--max-prompt-tokens must be at least 1, not {max_prompt_tokens}")
     if on_long_prompt not in ("skip", "refuse"):
         raise StoreError(f"--on-long-prompt must be skip or refuse, not {on_long_prompt!r}")
-    if Path(out).exists() and not Path(out).is_dir():
-        raise StoreError(f"--out {out} is a file, not a directory: choose a folder")
+    check_out_dir(out)  # before loading anything: a file, traces without run.json
     if codec == "predictive" and not keep_tensors:
         raise StoreError(
             "--codec predictive compresses the raw tensors that --keep-tensors no deletes: "
@@ -236,7 +236,7 @@ def run_extract(
         if p.example.id in writer.done_ids:
             continue
         if p.example.id in too_long:
-            writer.add_error(p.example.id, too_long[p.example.id])
+            writer.add_error(p.example.id, too_long[p.example.id] + "; skipped before any compute")
             continue
         pending.append(p)
     tdtype = getattr(torch, dtype)
@@ -325,13 +325,13 @@ def prompt_problems(
         if max_prompt_tokens is not None and n > max_prompt_tokens:
             out[p.example.id] = (
                 f"prompt of {n} tokens is over --max-prompt-tokens {max_prompt_tokens} by "
-                f"{n - max_prompt_tokens}; skipped before any compute"
+                f"{n - max_prompt_tokens}"
             )
         elif window is not None and n + answer > window:
             what = "given answer" if p.answer_ids is not None else "--max-new-tokens"
             out[p.example.id] = (
                 f"prompt of {n} tokens + {answer} ({what}) is over the model's context window "
-                f"of {window} by {n + answer - window}; skipped before any compute"
+                f"of {window} by {n + answer - window}"
             )
     return out
 

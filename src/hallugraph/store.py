@@ -74,11 +74,29 @@ __all__ = [
     "TraceStore",
     "TraceWriter",
     "check_codec",
+    "check_out_dir",
     "mark_pruned",
     "pack_tril",
     "tril_size",
     "unpack_tril",
 ]
+
+
+def check_out_dir(run_dir: str | os.PathLike[str]) -> None:
+    """Refuse an output folder that cannot take (or resume) a run: a file, or a folder with
+    traces but no readable ``run.json`` (the settings they were made with are unknown)."""
+    d = Path(run_dir)
+    if d.exists() and not d.is_dir():
+        raise StoreError(f"--out {d} is a file, not a directory: choose a folder")
+    info_path = d / RUN_INFO
+    if info_path.exists():
+        read_json_file(info_path)
+    elif any(p.exists() for p in (d / MANIFEST, d / SHARED, d / SHARD_DIR)):
+        raise StoreError(
+            f"{d} holds traces (a manifest or shards) but no {RUN_INFO}: the settings they were "
+            f"made with are unknown, so they cannot be resumed or extended. Restore {info_path}, "
+            "or choose a new --out."
+        )
 
 
 def mark_pruned(run_dir: str | os.PathLike[str]) -> None:
@@ -218,17 +236,8 @@ class TraceWriter:
                 codec_fingerprint=self.predictor.fingerprint,
                 codec_kernel=self.predictor.kernel,
             )
-        if self.dir.exists() and not self.dir.is_dir():
-            raise StoreError(f"--out {self.dir} is a file, not a directory: choose a folder")
+        check_out_dir(self.dir)
         info_path = self.dir / RUN_INFO
-        if not info_path.exists() and any(
-            p.exists() for p in (self.dir / MANIFEST, self.dir / SHARED, self.dir / SHARD_DIR)
-        ):
-            raise StoreError(
-                f"{self.dir} holds traces (a manifest or shards) but no {RUN_INFO}: the settings "
-                "they were made with are unknown, so they cannot be resumed or extended. Restore "
-                f"{info_path}, or choose a new --out."
-            )
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cleaned = clean_leftovers(self.dir)
         info["checksum"] = ALGORITHM
