@@ -22,6 +22,15 @@ from typing import Any
 
 from hallugraph.scoring.scorer import Scorer, ScoringError
 
+try:  # module level: FastAPI resolves the endpoints' (string) annotations in these globals
+    from fastapi import FastAPI, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse
+except ImportError as _err:  # pragma: no cover - the extra is installed by make test
+    raise ImportError(
+        "hallugraph serve needs FastAPI and uvicorn: pip install 'hallugraph[serve]'"
+    ) from _err
+
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_BATCH = 1024
 
@@ -36,15 +45,6 @@ def _result(v: Any, record: dict[str, Any]) -> dict[str, Any]:
 
 def create_app(scorer: Scorer) -> Any:
     """The FastAPI application serving ``scorer``."""
-    try:
-        from fastapi import FastAPI, Request
-        from fastapi.concurrency import run_in_threadpool
-        from fastapi.responses import JSONResponse
-    except ImportError as err:  # pragma: no cover - the extra is installed by make test
-        raise ImportError(
-            "hallugraph serve needs FastAPI and uvicorn: pip install 'hallugraph[serve]'"
-        ) from err
-
     app = FastAPI(title="hallugraph", description="Flag hallucinated answers.")
 
     def error(status: int, message: str) -> JSONResponse:
