@@ -67,6 +67,9 @@ def test_scoring_a_new_answer_gives_the_benchmark_score(env, tiny_lm, name):
 
 
 def test_training_follows_the_evaluation_protocol(env, tiny_lm):
+    import hallugraph
+
+    assert hallugraph.Scorer is Scorer
     scorer = Scorer.train("lookback_lens", [env.run], lm=tiny_lm, refit=False)
     X = FeatureTable.from_run(env.run)
     y = X.labels

@@ -138,7 +138,8 @@ class Scorer:
 
     def _bind(self, lm: Any) -> None:
         want = self.meta["model"].get("fingerprint")
-        got = model_fingerprint(lm)
+        got = lm.__dict__.get("_hallugraph_fingerprint") or model_fingerprint(lm)
+        lm.__dict__["_hallugraph_fingerprint"] = got  # weights are not modified in place
         if want is not None and got != want:
             raise BundleError(
                 f"this detector was trained on traces of model {self.meta['model'].get('name')!r}"
