@@ -54,13 +54,16 @@ def main() -> None:
     ap.add_argument("--num-answers", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--detectors", default=None, help="comma-separated (default: all scorable)")
+    ap.add_argument("--no-sdpa", action="store_true", help="skip the SDPA baseline column")
     args = ap.parse_args()
 
     store = TraceStore(args.run)
     model = store.info["model"]
     lm = load_model(model, dtype=store.info.get("model_dtype", "auto"), device="cpu")
-    sdpa = load_model(model, dtype=store.info.get("model_dtype", "auto"), device="cpu",
-                      attn_implementation="sdpa")  # fmt: skip
+    sdpa = None
+    if not args.no_sdpa:
+        sdpa = load_model(model, dtype=store.info.get("model_dtype", "auto"), device="cpu",
+                          attn_implementation="sdpa")  # fmt: skip
     n_run = len(store)
     answers = load_halueval_qa_teacher_forced(num_samples=n_run + args.num_answers)[n_run:]
     names = (
@@ -92,7 +95,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 scorer.score(question=ex.question, answer=ex.answer, context=ex.context)
                 s.append(time.perf_counter() - t0)
-                g.append(forward(sdpa, tokens))
+                g.append(forward(sdpa, tokens) if sdpa is not None else float("nan"))
             score_s.append(statistics.median(s))
             fwd_s.append(statistics.median(f))
             sdpa_s.append(statistics.median(g))

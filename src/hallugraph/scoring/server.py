@@ -91,7 +91,10 @@ def create_app(scorer: Scorer) -> Any:
         unknown = sorted(set(body) - {"question", "answer", "context", "id"})
         if unknown:
             raise _HTTPError(422, f"unknown field(s) {', '.join(unknown)}")
-        return (await score_records([body]))[0]
+        try:
+            return (await score_records([body]))[0]
+        except ScoringError as err:  # one record: no "record 0:" prefix
+            raise ScoringError(str(err).removeprefix("record 0: ")) from None
 
     @app.post("/v1/score/batch")
     async def score_batch(request: Request) -> dict[str, Any]:
