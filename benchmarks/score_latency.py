@@ -55,6 +55,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--detectors", default=None, help="comma-separated (default: all scorable)")
     ap.add_argument("--no-sdpa", action="store_true", help="skip the SDPA baseline column")
+    ap.add_argument(
+        "--decompose",
+        action="store_true",
+        help="cheaper, for many detectors: time the model pass (capture) once per answer and "
+        "each detector's own part (trace layout, statistics, predict, token scores) on it",
+    )
     args = ap.parse_args()
 
     store = TraceStore(args.run)
@@ -83,6 +89,9 @@ def main() -> None:
         m.model(input_ids=torch.tensor([tokens]), use_cache=False)
         return time.perf_counter() - t0
 
+    if args.decompose:
+        decompose(lm, args.run, names, answers, ids, forward)
+        return
     rows = []
     for name in names:
         scorer = Scorer.train(name, [args.run], params=FAST.get(name), lm=lm)
@@ -108,6 +117,40 @@ def main() -> None:
         )
     name, ratio, a, b, _, _ = rows[-1]
     print(f"detector={name} ratio={ratio:.3f} score_ms={a:.1f} forward_ms={b:.1f}")
+
+
+def decompose(lm, run, names, answers, ids, forward) -> None:
+    """score = capture (one model pass, shared) + the detector's own part, per answer."""
+    from hallugraph.extract import capture_batch
+    from hallugraph.scoring.tokens import token_scores
+    from hallugraph.scoring.trace import assemble, fields_of
+
+    scorers = [Scorer.train(n, [run], params=FAST.get(n), lm=lm) for n in names]
+    for sc in scorers:
+        sc.warm_up()
+    first = scorers[0]
+    recs = [{"question": e.question, "answer": e.answer, "context": e.context} for e in answers]
+    prepared = first.check(recs)
+    fwd, cap, own = [], [], {n: [] for n in names}
+    for p, tokens in zip(prepared, ids, strict=True):
+        fwd.append(forward(lm, tokens))
+        t0 = time.perf_counter()
+        trace = capture_batch(lm, [p], first._settings(), first.meta["prompt"]["prefix_tokens"])
+        cap.append(time.perf_counter() - t0)
+        for sc in scorers:
+            t0 = time.perf_counter()
+            d = assemble(trace[0], fields_of(sc.stats), sc.meta["model"]["trace_dtype"])
+            sc.predict_traces([d])
+            token_scores(sc.detector, d, p.example.answer, lm.tokenizer)
+            own[sc.name].append(time.perf_counter() - t0)
+    b, c = 1000 * statistics.mean(fwd), 1000 * statistics.mean(cap)
+    print(f"decomposed: forward_ms={b:.1f} capture_ms={c:.1f} (capture/forward {c / b:.3f})")
+    for n in names:
+        a = 1000 * statistics.mean(own[n])
+        print(
+            f"  {n:18s} ratio={(c + a) / b:6.3f} score_ms={c + a:8.1f} (own part {a:7.1f} ms)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

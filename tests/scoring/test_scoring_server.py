@@ -56,7 +56,7 @@ def server(env, tmp_path_factory):
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=environ)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
+        deadline = time.time() + 900  # a busy machine imports torch slowly
         while True:
             try:
                 if _request(base + "/healthz")[0] == 200:
