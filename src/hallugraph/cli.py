@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_transcoders_parser(sub)  # hallugraph transcoders train ...
     add_groundedness_parser(sub)  # hallugraph groundedness RUN
     add_attribution_parser(sub)  # hallugraph attribution RUN --index I
+    from hallugraph.scoring.cli import add_scoring_parsers
+
+    add_scoring_parsers(sub)  # hallugraph train / score / serve
 
     p = sub.add_parser(
         "run", help="the main job: extract on the default model and data, then summarize"
@@ -416,6 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hallugraph.store import StoreError
 
     try:
+        if getattr(args, "scoring", None):  # train / score / serve
+            return args.scoring(args)
         if args.command == "extract":
             from hallugraph.datasets import parse_columns
 

@@ -259,6 +259,7 @@ class Charm(Detector):
     family = "graph"
     paper = PAPER
     stats = ("charm_graph", "charm_nodes")
+    _decode_last = ("models_",)
 
     def __init__(
         self,
@@ -289,6 +290,35 @@ class Charm(Detector):
         self.seed = seed
 
     # ------------------------------------------------------------------------------------------
+
+    def _encode_fitted(self, name: str, value: Any, arrays: dict[str, np.ndarray]) -> Any:
+        """The seeds' networks as their ``state_dict`` arrays (the architecture follows from
+        the parameters and ``shape_``); everything else through the generic encoder."""
+        if name != "models_":
+            return super()._encode_fitted(name, value, arrays)
+        out = []
+        for i, model in enumerate(value):
+            keys = []
+            for k, t in model.state_dict().items():
+                arrays[f"models_.{i}.{k}"] = t.detach().cpu().numpy().copy()
+                keys.append(k)
+            out.append(keys)
+        return {"__charm_models__": out}
+
+    def _decode_fitted(self, name: str, node: Any, arrays: dict[str, np.ndarray]) -> Any:
+        if name != "models_":
+            return super()._decode_fitted(name, node, arrays)
+        import torch
+
+        models = []
+        if node["__charm_models__"]:
+            _, _, F, D = self.shape_  # restored first (_decode_last)
+        for i, keys in enumerate(node["__charm_models__"]):
+            model = charm_model_class()(3 + F, D, F + 2, self.hidden, self.layers, self.dropout)
+            state = {k: torch.from_numpy(np.array(arrays[f"models_.{i}.{k}"])) for k in keys}
+            model.load_state_dict(state, strict=True)
+            models.append(model.eval())
+        return models
 
     def _split(self, X: FeatureTable, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         from hallugraph.evaluate import split_groups

@@ -52,6 +52,9 @@ class LookbackLens(Detector):
         self.seed = seed
         self.max_iter = max_iter
 
+    def stats_read(self) -> tuple[str, ...]:
+        return (_STATS[self.context],)
+
     def _features(self, X: FeatureTable) -> np.ndarray:
         r = X.stat(_STATS[self.context])
         return r.reshape(len(r), -1).astype(np.float64)

@@ -110,6 +110,9 @@ class _LayerProbe(Detector):
         self.C = C
         self.seed = seed
 
+    def stats_read(self) -> tuple[str, ...]:
+        return (_POOLS[self.pool],)
+
     def _features(self, X: FeatureTable) -> np.ndarray:
         return X.stat(_POOLS[self.pool])
 

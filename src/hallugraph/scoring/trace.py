@@ -1,0 +1,110 @@
+"""One new answer as a trace in memory, its statistics, and per-token scores.
+
+The benchmark path computes a statistic as ``np.asarray(stat.compute(trace, run_info),
+dtype=stat.dtype)`` over traces read from a run (:func:`hallugraph.features.compute_stats`),
+with tensors stored in the run's dtype (fp16 by default). Here the trace comes from the same
+capture (:func:`hallugraph.extract.capture_batch`), its tensors are cast to the run's dtype and
+laid out as :class:`hallugraph.store.TraceStore` returns them (prefix rows + own rows, the
+packed lower triangle unpacked with :func:`hallugraph.store.unpack_tril`), and the statistic is
+computed by the same ``compute`` and cast: the numbers are those a run would hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from hallugraph.features import get_statistic
+
+
+def assemble(trace: Any, fields: Iterable[str], dtype: str = "float16") -> dict[str, Any]:
+    """The dict :class:`~hallugraph.store.TraceStore` would return for ``trace`` (an
+    :class:`hallugraph.extract.Trace`), with only the tensor ``fields`` asked for."""
+    import torch
+
+    from hallugraph.store import unpack_tril
+
+    tdtype = getattr(torch, dtype)
+    out = dict(trace.meta)
+    fields = set(fields)
+    S = int(out["seq_len"])
+    if "hidden_states" in fields:
+        parts = [trace.hidden_states.to(tdtype)]
+        if trace.row_start:
+            parts.insert(0, trace.prefix_hidden.to(tdtype))
+        out["hidden_states"] = torch.cat(parts, dim=1).numpy()
+    if "attentions" in fields:
+        parts = [trace.attentions.to(tdtype)]
+        if trace.row_start:
+            parts.insert(0, trace.prefix_attentions.to(tdtype))
+        out["attentions"] = unpack_tril(torch.cat(parts, dim=-1).numpy(), S)
+    return out
+
+
+def fields_of(stat_names: Iterable[str]) -> set[str]:
+    """Tensor fields the named statistics read."""
+    return {f for n in stat_names for f in get_statistic(n).fields}
+
+
+def trace_statistics(
+    traces: Sequence[Mapping[str, Any]], names: Iterable[str], run_info: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """``{name: [n, ...]}``: each statistic of each trace, computed and cast exactly as the
+    benchmark path's cache holds it."""
+    out = {}
+    for n in dict.fromkeys(names):
+        st = get_statistic(n)
+        out[n] = np.stack([np.asarray(st.compute(t, run_info), dtype=st.dtype) for t in traces])
+    return out
+
+
+class StatTable:
+    """The :class:`~hallugraph.features.FeatureTable` interface detectors read (``stat``,
+    ``len``, indexing, ``rows``, ``groups``) over statistics held in memory."""
+
+    def __init__(self, stats: Mapping[str, np.ndarray], rows: Sequence[Mapping[str, Any]]) -> None:
+        self._stats = dict(stats)
+        self._rows = list(rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, idx: Any) -> StatTable:
+        sel = np.arange(len(self))[idx].reshape(-1)
+        return StatTable({k: v[sel] for k, v in self._stats.items()}, [self._rows[i] for i in sel])
+
+    @property
+    def rows(self) -> list[Mapping[str, Any]]:
+        return list(self._rows)
+
+    @property
+    def groups(self) -> np.ndarray:
+        return np.array([str(r.get("question_id", i)) for i, r in enumerate(self._rows)])
+
+    def stat(self, name: str) -> np.ndarray:
+        if name not in self._stats:
+            raise KeyError(f"statistic {name!r} was not computed for these answers")
+        return self._stats[name]
+
+
+# ------------------------------------------------------------------------- per-token scores
+
+
+def lookback_steps(attn: np.ndarray, prompt_len: int, answer_len: int, ctx: slice) -> np.ndarray:
+    """Per-step lookback ratios ``[L, heads, steps]`` whose mean over the steps is
+    :func:`hallugraph.features.attention.lookback_ratio` (same steps, same formula): step
+    ``t = 1 .. answer_len - 1`` reads query row ``prompt_len - 1 + t``; a one-token answer has
+    the single step 0."""
+    attn = np.asarray(attn)
+    p, n = int(prompt_len), int(answer_len)
+    if n >= 2:
+        rows = attn[..., p : p + n - 1, :].astype(np.float64)
+        gen = rows[..., p:].sum(axis=-1) / np.arange(1, n, dtype=np.float64)
+    else:
+        rows = attn[..., p - 1 : p, :].astype(np.float64)
+        gen = np.zeros(rows.shape[:-1])
+    c = rows[..., ctx].mean(axis=-1)
+    den = c + gen
+    return np.divide(c, den, out=np.full_like(den, 0.5), where=den > 0)
