@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_transcoders_parser(sub)  # hallugraph transcoders train ...
     add_groundedness_parser(sub)  # hallugraph groundedness RUN
     add_attribution_parser(sub)  # hallugraph attribution RUN --index I
+    from hallugraph.viewer.cli import add_view_parser
+
+    add_view_parser(sub)  # hallugraph view RUN [RUN ...]
 
     p = sub.add_parser(
         "run", help="the main job: extract on the default model and data, then summarize"
@@ -387,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hallugraph.attribution.cli import run_attribution
 
             return run_attribution(args)
+        if args.command == "view":
+            return args.view_func(args)
     except (DatasetError, ModelError, StoreError, ValueError) as err:
         print(f"hallugraph: error: {err}", file=sys.stderr)
         return 2
