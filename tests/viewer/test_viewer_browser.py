@@ -3,76 +3,23 @@ Playwright. Every page of the tiny run loads with no console error and no reques
 127.0.0.1; the token view has one element per token; the attention graph has one node per token
 and other edges at another layer; the attribution view draws the engine-made graph's nodes.
 
-With ``HALLUGRAPH_VIEW_SHOTS=DIR HALLUGRAPH_VIEW_RUN=RUN`` the real-model test writes
-screenshots of the three views of RUN into DIR (``docs/img/`` in the README).
+Skipped, saying why, without Chromium or Playwright. The same views on a real SmolLM2 run (and
+the README's screenshots): ``test_viewer_real.py``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 
 from hallugraph.store import TraceStore
 
-CHROMIUM = os.environ.get("HALLUGRAPH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip(
-        f"no Chromium at {CHROMIUM}: the viewer's browser tests need Debian's `chromium` "
-        "(apt-get install chromium; .ci/run installs it) or $HALLUGRAPH_CHROMIUM",
-        allow_module_level=True,
-    )
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="the browser tests need the `browser` extra (playwright)"
-)
-
-
-class Watch:
-    """Console errors, page errors and every request a page makes (non-local ones aborted)."""
-
-    def __init__(self, page, base: str) -> None:
-        self.base = base
-        self.errors: list[str] = []
-        self.requests: list[str] = []
-        self.outside: list[str] = []
-        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: self.errors.append(str(e)))
-        page.route("**/*", self._route)
-
-    def _route(self, route) -> None:
-        url = route.request.url
-        self.requests.append(url)
-        if url.startswith(self.base + "/"):
-            route.continue_()
-        else:
-            self.outside.append(url)
-            route.abort()
-
-    def check(self) -> None:
-        assert not self.errors, self.errors
-        assert not self.outside, self.outside
-        assert self.requests and all(u.startswith("http://127.0.0.1:") for u in self.requests)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
-
 
 @pytest.fixture
-def page(browser, server):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
-    pg = ctx.new_page()
-    pg.set_default_timeout(15000)
-    watch = Watch(pg, server)
-    yield pg, watch
-    ctx.close()
+def page(open_page, server):
+    with open_page(server) as pw:
+        yield pw
 
 
 def test_runs_page_table_roc_and_traces_list(page, server, view_run):

@@ -163,3 +163,37 @@ def test_view_command_refuses_a_missing_run(tmp_path, capsys):
 
     assert main(["view", str(tmp_path / "nope")]) == 2
     assert "is not a hallugraph run" in capsys.readouterr().err
+
+
+def test_view_command_serves_the_runs(view_run):
+    """``hallugraph view RUN --port P`` in a subprocess answers on 127.0.0.1:P."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "hallugraph", "view", str(view_run), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, runs = get(f"http://127.0.0.1:{port}/api/runs")
+                break
+            except urllib.error.URLError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "hallugraph view did not answer in 60 s"
+                time.sleep(0.2)
+        assert status == 200 and runs[0]["n_traces"] == 24 and runs[0]["labeled"] == 24
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as r:
+            assert b"/static/vendor/d3/d3.min.js" in r.read()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

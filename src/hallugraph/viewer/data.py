@@ -62,7 +62,7 @@ def lookback_per_token(attn: np.ndarray, prompt_len: int, ctx: slice) -> np.ndar
 def top_sources(attn: np.ndarray, k: int = TOP_SOURCES) -> list[list[list[float]]]:
     """For every query token, its ``k`` heaviest keys ``[[position, weight], ...]`` in the mean
     over layers and heads of ``attn [L, heads, S, S]`` (ties: the earlier key first)."""
-    mean = np.asarray(attn, dtype=np.float64).mean(axis=(0, 1))
+    mean = np.asarray(attn, dtype=np.float32).mean(axis=(0, 1), dtype=np.float64)
     order = np.argsort(-mean, axis=1, kind="stable")[:, :k]
     out = []
     for q in range(mean.shape[0]):

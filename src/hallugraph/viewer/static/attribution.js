@@ -6,12 +6,13 @@
 
 const KIND_COLORS = { feature: "#ff7f0e", error: "#9e9e9e", token: "#4c72b0", logit: "#9467bd" };
 
-function layout(g) {
-  const cellW = 44;
-  const rowH = 38;
+function layout(g, width) {
+  // fit the page (8 to 44 px per position, 14 to 38 px per layer), else scroll
+  const cellW = Math.max(8, Math.min(44, (width - 100) / Math.max(g.n_pos, 1)));
+  const rowH = Math.max(14, Math.min(38, (window.innerHeight - 380) / (g.n_layers + 2)));
   const W = 90 + g.n_pos * cellW;
-  const H = 130 + (g.n_layers + 2) * rowH;
-  const base = H - 110;
+  const H = 110 + (g.n_layers + 2) * rowH;
+  const base = H - 90;
   const cells = new Map();
   g.nodes.forEach((n, k) => {
     const key = n.pos + ":" + n.row;
@@ -23,7 +24,7 @@ function layout(g) {
     const m = members.length;
     members.forEach((k, j) => {
       const n = g.nodes[k];
-      const off = m > 1 ? (j / (m - 1) - 0.5) * Math.min(cellW - 10, 6 * m) : 0;
+      const off = m > 1 ? (j / (m - 1) - 0.5) * Math.min(cellW * 0.9, 6 * m) : 0;
       xy[k] = [70 + n.pos * cellW + off, base - n.row * rowH];
     });
   }
@@ -65,13 +66,13 @@ async function main() {
     : "No scores JSON beside this graph (Gctx / RS / CS unknown)."));
   app.append(HG.el("p", { id: "counts" }, `${c.feature} features, ${c.error} error nodes, ${c.token} token nodes, ${c.logit} logit nodes, ${g.links.length} edges (as pruned by the attribution command)`));
   const links = g.links.slice().sort((a, b) => Math.abs(b[2]) - Math.abs(a[2]));
-  const slider = HG.el("input", { type: "range", id: "keep", min: 1, max: 100, value: 100 });
+  const slider = HG.el("input", { type: "range", id: "keep", min: 1, max: 100, value: links.length > 1000 ? 10 : 100 });
   const out = HG.el("output", { id: "keep-out" });
   app.append(HG.el("div", { class: "controls" }, HG.el("label", {}, "edges kept (heaviest first) ", slider, out)));
   const legend = HG.el("div", {});
   HG.legend(legend, [["feature", KIND_COLORS.feature], ["error", KIND_COLORS.error], ["context token", ROLE_COLORS.context], ["answer token", ROLE_COLORS.answer], ["other token", KIND_COLORS.token], ["logit", KIND_COLORS.logit], ["+ edge", "#1f77b4"], ["− edge", "#d62728"]]);
   app.append(legend);
-  const L = layout(g);
+  const L = layout(g, app.clientWidth - 330);
   const svg = d3.create("svg").attr("width", L.W).attr("height", L.H).attr("id", "attr-svg");
   for (let row = 0; row <= g.n_layers + 1; row++) {
     const name = row === 0 ? "tokens" : row === g.n_layers + 1 ? "logit" : "L" + (row - 1);
@@ -88,8 +89,8 @@ async function main() {
   nodeG.selectAll("circle,rect").attr("fill", (n) => n.kind === "token" ? (ctx.has(n.pos) ? ROLE_COLORS.context : ans.has(n.pos) ? ROLE_COLORS.answer : KIND_COLORS.token) : KIND_COLORS[n.kind]);
   nodeG.append("title").text((n, k) => nodeName(g, k) + (n.influence !== null ? ` · influence ${HG.fmt(n.influence)}` : "") + (n.activation !== null ? ` · activation ${HG.fmt(n.activation)}` : ""));
   svg.append("g").selectAll("text").data(d3.range(g.n_pos)).join("text")
-    .attr("transform", (p) => `translate(${70 + p * L.cellW - 3},${L.base + 14}) rotate(60)`)
-    .attr("font-size", 10).attr("font-weight", (p) => (ctx.has(p) ? 700 : 400))
+    .attr("transform", (p) => `translate(${70 + p * L.cellW - 3},${L.base + 12}) rotate(60)`)
+    .attr("font-size", Math.min(10, L.cellW + 1)).attr("font-weight", (p) => (ctx.has(p) ? 700 : 400))
     .attr("fill", (p) => (ctx.has(p) ? ROLE_COLORS.context : ans.has(p) ? ROLE_COLORS.answer : "#333"))
     .text((p) => HG.tokText(g.prompt_tokens[p] || "").slice(0, 14));
   const side = HG.el("div", { class: "side", id: "node-info" }, HG.el("p", { class: "muted" }, "Click a node for its strongest inputs and outputs."));

@@ -15,7 +15,8 @@ function params() {
 
 function draw(svgBox, g, info) {
   const S = g.nodes.length;
-  const step = 16;
+  // fit the page's width when the tokens allow it (7 to 18 px per token), else scroll
+  const step = Math.max(7, Math.min(18, (svgBox.clientWidth - 90) / Math.max(S, 1)));
   const W = Math.max(600, S * step + 80);
   const edges = g.edges.filter(([s, d]) => s !== d);
   const maxSpan = d3.max(edges, ([s, d]) => d - s) || 1;
@@ -44,8 +45,13 @@ function draw(svgBox, g, info) {
   nodes.append("circle").attr("class", (n) => "node role-" + n.role).attr("data-i", (n) => n.id).attr("r", 4)
     .attr("fill", (n) => ROLE_COLORS[n.role])
     .append("title").text((n) => `#${n.id} ${HG.tokText(n.text)} (${n.role})`);
-  nodes.append("text").attr("transform", "translate(3,10) rotate(70)").attr("font-size", 10)
+  nodes.append("text").attr("transform", "translate(3,10) rotate(70)").attr("font-size", Math.min(10, step + 1))
     .attr("fill", (n) => ROLE_COLORS[n.role]).text((n) => HG.tokText(n.text).slice(0, 16));
+  // hovering a token shows only the edges into and out of it
+  const paths = svg.selectAll("path.edge");
+  nodes.on("mouseenter", (ev, n) => {
+    paths.attr("display", (e) => (e[0] === n.id || e[1] === n.id ? null : "none"));
+  }).on("mouseleave", () => paths.attr("display", null));
   svgBox.replaceChildren(svg.node());
   const ac = edges.filter(isAC);
   const acW = d3.sum(ac, (e) => e[2]);

@@ -28,7 +28,7 @@ function render(data, mode, box, legend) {
       span.style.color = c;
       span.style.borderBottomColor = c;
     } else {
-      span.style.color = "#222";
+      span.style.color = c && d3.lab(c).l < 55 ? "#fff" : "#222";
       span.style.background = c || "transparent";
       span.style.borderBottomColor = ROLE_COLORS[data.roles[i]];
     }
