@@ -197,3 +197,16 @@ def test_view_command_serves_the_runs(view_run):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_run_without_tensors_still_shows_its_tokens(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "pruned"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "shards")
+    view = RunView(run)
+    assert not view.summary()["tensors_kept"] and not view.has_tensors(0)
+    tok = view.tokens(0)
+    assert tok["sources"] is None and set(tok["signals"]) == {"logprob", "entropy"}
+    assert view.traces(limit=5)["total"] == 24
