@@ -73,3 +73,22 @@ def test_vendored_d3_has_its_licence():
     assert "Mike Bostock" in licence and "Permission to use" in licence
     head = (ROOT / "static" / "vendor" / "d3" / "d3.min.js").read_text()[:200]
     assert "v7." in head
+
+
+def test_every_static_file_is_package_data():
+    """A file the pages load but the wheel leaves out would break installed copies."""
+    import fnmatch
+    import tomllib
+
+    pyproject = ROOT.parents[2] / "pyproject.toml"
+    globs = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"][
+        "hallugraph.viewer"
+    ]
+    for p in (ROOT / "static").rglob("*"):
+        if p.is_file():
+            rel = p.relative_to(ROOT).as_posix()
+            assert any(fnmatch.fnmatch(rel, g) and rel.count("/") == g.count("/") for g in globs), (
+                rel
+            )
+    for p in (ROOT / "templates").iterdir():
+        assert any(fnmatch.fnmatch(p.relative_to(ROOT).as_posix(), g) for g in globs), p
