@@ -101,6 +101,9 @@ def test_api_tokens_and_trace_json(view_run, server):
     np.testing.assert_allclose(tok["signals"]["logprob"][p:], row["token_logprobs"], rtol=1e-6)
     assert set(tok["roles"][p:]) == {"answer"} and "context" in tok["roles"]
     assert len(tok["sources"]) == row["seq_len"]
+    lookback = tok["signals"]["lookback"]
+    assert row["answer_len"] >= 2  # the first answer token has no ratio, the others have one
+    assert lookback[: p + 1] == [None] * (p + 1) and None not in lookback[p + 1 :]
     status, meta = get(f"{server}/api/runs/0/traces/5")
     assert status == 200 and meta["question_id"] == row["question_id"]
 

@@ -6,9 +6,9 @@ views RUN instead (``HALLUGRAPH_VIEW_EVAL=DIR``: an evaluate output folder, else
 ``HALLUGRAPH_VIEW_INDEX``: the trace shown, default 1), the attribution view too when RUN has a
 graph; with ``HALLUGRAPH_VIEW_SHOTS=DIR`` it writes the screenshots ``view_runs.png``,
 ``view_trace.png``, ``view_graph.png`` and ``view_attribution.png`` into DIR. The README's
-come from::
+come from (the run made as the README's section "Look at a run" says)::
 
-    HALLUGRAPH_VIEW_RUN=runs/view12 HALLUGRAPH_VIEW_EVAL=runs/view12_eval \\
+    HALLUGRAPH_VIEW_RUN=runs/view60 HALLUGRAPH_VIEW_EVAL=runs/view60_eval \\
     HALLUGRAPH_VIEW_SHOTS=docs/img python -m pytest tests/viewer/test_viewer_real.py -m real_model
 """
 
@@ -52,7 +52,8 @@ def test_views_of_a_real_run(real_run, serve, open_page):
         pg.wait_for_selector(".run .facts")
         if pg.locator(".roc-point").count() or evals:
             pg.wait_for_selector(".roc-point")
-            pg.locator(".roc-point").last.click()
+            points = pg.locator(".roc-point")
+            points.nth(points.count() // 2).dispatch_event("click")
             pg.wait_for_selector(".near-row")
         if shots_dir:
             pg.screenshot(path=str(shots_dir / "view_runs.png"), full_page=True)
@@ -61,7 +62,7 @@ def test_views_of_a_real_run(real_run, serve, open_page):
         pg.wait_for_selector("#tokens .tok")
         assert pg.locator("#tokens .tok").count() == row["seq_len"]
         pg.select_option("#colour", "lookback")
-        pg.locator("#tokens .tok").nth(row["seq_len"] - 2).hover()
+        pg.locator("#tokens .tok").nth(row["prompt_len"]).hover()  # the first answer token
         assert pg.locator("#tooltip").is_visible()
         if shots_dir:
             pg.screenshot(path=str(shots_dir / "view_trace.png"))

@@ -206,8 +206,10 @@ class RunView:
         return self.store.shard_path(row["shard"]).exists()
 
     def tokens(self, i: int) -> dict[str, Any]:
-        """Tokens, roles and per-token signals of trace ``i`` (attention-based ones when its
-        tensors were kept)."""
+        """Tokens, roles and per-token signals of trace ``i``: ``logprob`` and ``entropy`` of
+        the answer tokens, and, when its tensors were kept, ``lookback`` (of every answer token
+        but the first, whose ratio is 1 by construction, unless it is the only one) and the top
+        attention ``sources`` of every token."""
         row = self.store.rows[self.check_index(i)]
         S = int(row["seq_len"])
         p = int(row["prompt_len"])
@@ -224,8 +226,10 @@ class RunView:
             from hallugraph.features.attention import context_columns
 
             ctx = context_columns(row, "span")
-            lb = lookback_per_token(attn, p, ctx)
-            signals["lookback"] = [None] * p + [_finite(v) for v in lb.tolist()]
+            lb = [_finite(v) for v in lookback_per_token(attn, p, ctx).tolist()]
+            if n >= 2:  # no answer token before the first: its ratio is 1 by construction
+                lb[0] = None
+            signals["lookback"] = [None] * p + lb
             sources = top_sources(attn)
         return {
             "index": i,
