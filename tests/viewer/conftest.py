@@ -148,7 +148,7 @@ def open_page(browser):
     def _open(base: str, width: int = 1400, height: int = 900):
         ctx = browser.new_context(viewport={"width": width, "height": height})
         pg = ctx.new_page()
-        pg.set_default_timeout(15000)
+        pg.set_default_timeout(60000)  # generous: shared CI machines stall
         try:
             yield pg, Watch(pg, base)
         finally:

@@ -310,9 +310,10 @@ class RunView:
         return out
 
     def roc(self) -> dict[str, Any]:
-        """Test-split scores of the evaluated detectors that learn no direction from labels
-        (``supervised = False``), recomputed as ``evaluate`` computes them (same split, same
-        fit), with each point's trace index; the AUROC reported by ``evaluate`` beside ours."""
+        """Test-split scores of the evaluated detectors marked ``supervised = False`` (cheap to
+        refit), recomputed as ``evaluate`` computes them (its split, seed and fit), with each
+        point's trace index; the AUROC reported by ``evaluate`` beside ours. (``evaluate``
+        does not save per-answer scores, so supervised detectors get no curve.)"""
         if self._roc is not None:
             return self._roc
         from hallugraph.detectors import all_detectors

@@ -27,7 +27,8 @@ const HG = {
       body = null;
     }
     if (!res.ok) {
-      const msg = body && body.detail ? body.detail : res.status + " " + res.statusText;
+      let msg = body && body.detail ? body.detail : res.status + " " + res.statusText;
+      if (typeof msg !== "string") msg = JSON.stringify(msg); // FastAPI's validation errors
       throw new Error(msg);
     }
     return body;

@@ -55,9 +55,7 @@ function draw(svgBox, g, info) {
   svgBox.replaceChildren(svg.node());
   const ac = edges.filter(isAC);
   const acW = d3.sum(ac, (e) => e[2]);
-  const ans = g.nodes.filter((n) => n.role === "answer").length;
-  info.textContent = `layer ${g.layer} of ${g.num_layers - 1}, ${g.head === null ? "heads averaged" : "head " + g.head}: ${edges.length} edges drawn (self-loops hidden), ${ac.length} answer → context edges` +
-    (ans ? `, their weight per answer token ${(acW / ans).toFixed(3)}` : "");
+  info.textContent = `layer ${g.layer} of ${g.num_layers - 1}, ${g.head === null ? "heads averaged" : "head " + g.head}: ${edges.length} edges drawn (self-loops hidden), ${ac.length} of them answer → context (total weight ${acW.toFixed(3)})`;
 }
 
 async function main() {

@@ -100,7 +100,7 @@ async function evalSection(run, card) {
     plot.append(HG.el("p", { class: "muted" }, "No ROC: " + (roc.note || "no label-free detector in the evaluation")));
     return;
   }
-  plot.append(HG.el("p", { class: "muted" }, "Detectors that learn no direction from labels, rescored on evaluate's test split." + (roc.note ? " " + roc.note : "")));
+  plot.append(HG.el("p", { class: "muted" }, "The detectors marked unsupervised (logit baselines, answer length, groundedness), fitted and scored on evaluate's own split, as evaluate does." + (roc.note ? " " + roc.note : "")));
   drawRoc(plot, run, roc, (det, point) => nearList(run, det, point, near));
 }
 
