@@ -22,7 +22,7 @@ setup-attribution: $(ATTR_STAMP)  ## circuit-tracer & co. (extra `attribution`) 
 
 $(ATTR_STAMP): $(STAMP)
 	$(BIN)/python -m pip freeze | grep -E '^(torch|transformers)==' > $(VENV)/constraints.txt
-	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[attribution,serve]'
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[attribution,serve,browser]'
 	touch $(ATTR_STAMP)
 
 run: setup          ## the main job on the default model and data

@@ -196,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_scoring_parsers(sub)  # hallugraph train / score / serve
 
+    from hallugraph.viewer.cli import add_view_parser
+
+    add_view_parser(sub)  # hallugraph view RUN [RUN ...]
+
     p = sub.add_parser(
         "run", help="the main job: extract on the default model and data, then summarize"
     )
@@ -454,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hallugraph.attribution.cli import run_attribution
 
             return run_attribution(args)
+        if args.command == "view":
+            return args.view_func(args)
     except (DatasetError, ModelError, StoreError, ValueError) as err:
         print(f"hallugraph: error: {err}", file=sys.stderr)
         return 2
