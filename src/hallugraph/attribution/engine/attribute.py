@@ -21,9 +21,11 @@ settings (``max_n_logits``, ``desired_logit_prob``, ``max_feature_nodes``, ``bat
 4. the adjacency in circuit-tracer's node order (:mod:`~.graph`).
 
 Ties: features whose influences are exactly equal (e.g. two features with identical weights)
-come out of ``argsort`` in the same order in both engines; influences that differ only by
-rounding (the engines sum in different orders, ~1e-7 relative) may be ordered differently,
-which can swap a feature at the edge of the budget.
+are ordered as ``torch.argsort(descending=True)`` orders them, which is not a stable sort (not
+by index); both engines make that call on influence vectors equal at those entries, and keep the
+same member of a tie cut by the budget (tested with duplicated features). Influences that
+differ only by rounding (the engines sum in different orders, ~1e-7 relative) may be ordered
+differently, which can swap a feature at the edge of a ranking step.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from hallugraph.attribution.engine.model import (
     load_hf_model,
 )
 from hallugraph.attribution.engine.rows import RowStore
-from hallugraph.attribution.engine.sweep import compute_rows, prepare
+from hallugraph.attribution.engine.sweep import compute_rows, encoder_rows, prepare
 from hallugraph.attribution.engine.transcoders import EngineTranscoders, load_transcoders
 
 __all__ = ["AttributionEngine", "logit_targets"]
@@ -80,6 +82,19 @@ def logit_targets(
     return named, probs[idx], vecs
 
 
+class _Clock:
+    """Seconds per phase (``clock("name")`` adds the time since the last call)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._t
+        self._t = now
+
+
 class AttributionEngine:
     """A Llama-family model with per-layer transcoders, attributing prompts (module docstring).
 
@@ -92,6 +107,8 @@ class AttributionEngine:
         self.transcoders = transcoders
         self.weights = linear_weights(model)
         self.cfg = GraphConfig.from_hf(model.config)
+        self.last_timings: dict[str, float] = {}
+        """Seconds per phase of the last :meth:`attribute` call."""
         if transcoders.n_layers != self.weights.n_layers:
             raise ValueError(
                 f"{transcoders.path}: {transcoders.n_layers} transcoders for a model with "
@@ -153,8 +170,11 @@ class AttributionEngine:
         t0 = time.perf_counter()
         ids = self.ensure_tokenized(tokens)
         w, tc = self.weights, self.transcoders
+        clock = _Clock()
         cache = frozen_forward(self.model, ids)
+        clock("forward")
         prep = prepare(cache, w, tc, ids)
+        clock("prepare")
         n_layers, n_pos, n_active = prep.n_layers, prep.n_pos, prep.n_features
         targets, probs, vecs = logit_targets(
             cache.last_logits,
@@ -180,6 +200,7 @@ class AttributionEngine:
         )
         minus = torch.full((n_logits,), -1)
         store.add(torch.full((n_logits,), n_layers), minus, torch.arange(n_logits), feats, et)
+        clock("logit_rows")
         visited = torch.zeros(n_active, dtype=torch.bool)
         n_visited = 0
         bar = tqdm(total=budget, desc="feature rows", unit="row", disable=not verbose)
@@ -191,14 +212,18 @@ class AttributionEngine:
                 rank = torch.argsort(infl[:n_active], descending=True)
                 size = min(update_interval * batch_size, budget - n_visited)
                 pending = rank[~visited[rank]][:size]
+                clock("ranking")
             self._rows(prep, cache, store, pending, chunk_size)
+            clock("feature_rows")
             visited[pending] = True
             n_visited += len(pending)
             bar.update(len(pending))
         bar.close()
         selected = torch.where(visited)[0]
         adjacency = store.assemble(selected, n_logits)
-        log.info("attribution done in %.2f s", time.perf_counter() - t0)
+        clock("assemble")
+        self.last_timings = clock.seconds
+        log.info("attribution done in %.2f s: %s", time.perf_counter() - t0, clock.seconds)
         return AttributionGraph(
             input_string=self.tokenizer.decode(ids),
             input_tokens=ids,
@@ -227,6 +252,6 @@ class AttributionEngine:
                 self.transcoders,
                 lay,
                 pos,
-                prep.encoder[idx.to(self.device)],
+                encoder_rows(prep, self.transcoders, idx),
             )
             store.add(lay, idx, torch.full((len(idx),), -1), feats, et)

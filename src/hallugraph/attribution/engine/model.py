@@ -167,7 +167,8 @@ def frozen_forward(model: Any, tokens: torch.Tensor) -> ForwardCache:
             .reshape(1, -1)
             .to(m.embed_tokens.weight.device)
         )
-        out = model(input_ids=ids, use_cache=False)
+        hidden = m(input_ids=ids, use_cache=False).last_hidden_state
+        last_logits = model.lm_head(hidden[0, -1:])[0]  # only the last position is attributed
     finally:
         for h in handles:
             h.remove()
@@ -179,5 +180,5 @@ def frozen_forward(model: Any, tokens: torch.Tensor) -> ForwardCache:
         mlp_in=torch.stack(store["i"]),
         resid_mid=torch.stack(store["r"]),
         mlp_out=torch.stack(store["o"]),
-        last_logits=out.logits[0, -1],
+        last_logits=last_logits,
     )

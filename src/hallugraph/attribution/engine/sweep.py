@@ -30,7 +30,7 @@ import torch
 from hallugraph.attribution.engine.model import ForwardCache, LinearWeights
 from hallugraph.attribution.engine.transcoders import EngineTranscoders
 
-__all__ = ["Prepared", "compute_rows", "prepare"]
+__all__ = ["Prepared", "compute_rows", "encoder_rows", "prepare"]
 
 
 @dataclass
@@ -43,8 +43,7 @@ class Prepared:
     feat_pos: torch.Tensor  # [F] long
     feat_idx: torch.Tensor  # [F] long (transcoder feature id)
     values: torch.Tensor  # [F]
-    encoder: torch.Tensor  # [F, d]
-    decoder: torch.Tensor  # [F, d], scaled by the activation
+    decoders: list[torch.Tensor]  # per layer [F_l, d]: decoder rows scaled by the activation
     offsets: list[int]  # [L + 1]: features of layer l are offsets[l]:offsets[l + 1]
     pos_starts: torch.Tensor  # [L, P + 1]: within-layer start of each position's features
     errors: torch.Tensor  # [L, P, d]
@@ -64,6 +63,20 @@ class Prepared:
 
 
 @torch.no_grad()
+def encoder_rows(prep: Prepared, transcoders: EngineTranscoders, idx: torch.Tensor) -> torch.Tensor:
+    """The encoder rows of the active features ``idx`` (indices into the active features)."""
+    out = []
+    layers = prep.feat_layer[idx]
+    for lay in layers.unique().tolist():
+        m = layers == lay
+        out.append((m, transcoders.layers[lay].W_enc[prep.feat_idx[idx[m]]]))
+    d = out[0][1].shape[1]
+    rows = torch.empty(len(idx), d, dtype=out[0][1].dtype, device=out[0][1].device)
+    for m, r in out:
+        rows[m.to(rows.device)] = r
+    return rows
+
+
 def prepare(
     cache: ForwardCache,
     weights: LinearWeights,
@@ -76,7 +89,7 @@ def prepare(
     n_layers, n_pos, d = cache.mlp_in.shape
     if transcoders.n_layers != n_layers:
         raise ValueError(f"{transcoders.n_layers} transcoders for a model of {n_layers} layers")
-    layer_l, pos_l, idx_l, val_l, enc_l, dec_l, err_l = [], [], [], [], [], [], []
+    layer_l, pos_l, idx_l, val_l, dec_l, err_l = [], [], [], [], [], []
     pos_starts = torch.zeros(n_layers, n_pos + 1, dtype=torch.long)
     offsets = [0]
     for layer, tc in enumerate(transcoders.layers):
@@ -86,8 +99,7 @@ def prepare(
         pos, feat = acts.nonzero(as_tuple=True)
         vals = acts[pos, feat]
         dec = tc.W_dec[feat] * vals[:, None]
-        recon = torch.zeros(n_pos, d, dtype=acts.dtype, device=acts.device)
-        recon = recon.index_add_(0, pos, dec)
+        recon = acts @ tc.W_dec  # = the sum of the scaled decoder rows at each position
         if tc.W_skip is not None:
             recon = recon + tc.skip(x)
         recon = recon + tc.b_dec
@@ -97,7 +109,6 @@ def prepare(
         pos_l.append(pos)
         idx_l.append(feat)
         val_l.append(vals)
-        enc_l.append(tc.W_enc[feat])
         dec_l.append(dec)
         err_l.append(err)
         counts = torch.bincount(pos.cpu(), minlength=n_pos)
@@ -111,8 +122,7 @@ def prepare(
         feat_pos=torch.cat(pos_l).cpu(),
         feat_idx=torch.cat(idx_l).cpu(),
         values=torch.cat(val_l),
-        encoder=torch.cat(enc_l),
-        decoder=torch.cat(dec_l),
+        decoders=dec_l,
         offsets=offsets,
         pos_starts=pos_starts,
         errors=torch.stack(err_l),
@@ -167,10 +177,10 @@ def compute_rows(
     n_rows = len(layers)
     top = int(layers[0])
     pp = int(positions.max()) + 1
-    dev, dt = prep.decoder.device, prep.decoder.dtype
+    dev, dt = prep.errors.device, prep.errors.dtype
     feats = torch.zeros(n_rows, prep.offsets[min(top, n_layers)], dtype=dt, device=dev)
     et = torch.zeros(n_rows, prep.row_size, dtype=dt, device=dev)
-    grad = torch.zeros(n_rows, pp, prep.decoder.shape[1], dtype=dt, device=dev)
+    grad = torch.zeros(n_rows, pp, prep.errors.shape[2], dtype=dt, device=dev)
     logit = layers == n_layers
     if logit.any():
         rows = torch.nonzero(logit)[:, 0].to(dev)
@@ -209,11 +219,12 @@ def _read(
     """Contract ``g`` (the gradient at layer ``layer``'s MLP output) with that layer's decoder
     rows (per position) and error vectors, writing into ``feats`` / ``et``."""
     off = prep.offsets[layer]
+    dec = prep.decoders[layer]
     starts = prep.pos_starts[layer].tolist()
     for q in range(pp):
         s, e = starts[q], starts[q + 1]
         if e > s:
-            feats[:, off + s : off + e] = g[:, q] @ prep.decoder[off + s : off + e].T
+            feats[:, off + s : off + e] = g[:, q] @ dec[s:e].T
     n_pos = prep.n_pos
     et[:, layer * n_pos : layer * n_pos + pp] = torch.einsum(
         "rpd,pd->rp", g, prep.errors[layer, :pp]
