@@ -32,6 +32,11 @@ graph.
     python benchmarks/attribution_speed.py                      # 64, 256, 512; ct at 64
     python benchmarks/attribution_speed.py --nodes 64           # that budget alone
     python benchmarks/attribution_speed.py --nodes 7500 --ct-nodes ''
+
+``--keep-transcoders DIR`` writes the random set to ``DIR`` (for ``hallugraph groundedness
+--transcoders DIR``); ``--compare RUN_A RUN_B`` instead prints, for the traces scored in both
+runs' ``attribution/groundedness.json`` (e.g. one scored with each engine), the largest
+|Δ| of Gctx / RS / CS and the mean seconds per trace of each.
 """
 
 from __future__ import annotations
@@ -103,7 +108,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="also write the JSON lines to this file")
+    ap.add_argument("--keep-transcoders", default=None, help="write the random set here")
+    ap.add_argument("--compare", nargs=2, metavar="RUN", help="compare two scored runs")
     args = ap.parse_args(argv)
+    if args.compare:
+        return compare_runs(*args.compare)
     torch.set_num_threads(args.threads)
     from hallugraph.models import load_model
 
@@ -121,8 +130,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results: list[dict] = []
     graphs: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
+        keep = Path(args.keep_transcoders) if args.keep_transcoders else Path(tmp) / "random"
         tdir = args.transcoders or calibrated_random_set(
-            lm.model, prompts[0][1], args.width, Path(tmp) / "random", args.fire, args.seed
+            lm.model, prompts[0][1], args.width, keep, args.fire, args.seed
         )
         del lm
         t0 = time.perf_counter()
@@ -198,6 +208,32 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"engine_peak_gb={_fmt(max(r['engine_peak_gb'] for r in pick))}"
     )
     return results
+
+
+def compare_runs(run_a: str, run_b: str) -> list[dict]:
+    """Per-trace |Δ| of Gctx / RS / CS between two scored runs, and their seconds."""
+    from hallugraph.features.groundedness import read_scores
+
+    a, b = read_scores(run_a), read_scores(run_b)
+    common = sorted(set(a["scores"]) & set(b["scores"]))
+    rows = []
+    for qid in common:
+        ra, rb = a["scores"][qid], b["scores"][qid]
+        diff = max(abs(ra[k] - rb[k]) for k in ("gctx", "rs", "cs"))
+        rows.append(
+            {"question_id": qid, "max_diff": diff, "a_s": ra["seconds"], "b_s": rb["seconds"]}
+        )
+        print(json.dumps({k: _round(v) for k, v in rows[-1].items()}))
+    for name, pay in (("a", a), ("b", b)):
+        secs = [r["seconds"] for r in pay["scores"].values()]
+        st = pay["settings"] or {}
+        print(
+            f"{name}: {len(secs)} traces, {st.get('engine', 'circuit-tracer')}, "
+            f"{st.get('max_feature_nodes')} nodes, mean {sum(secs) / max(len(secs), 1):.2f} s/trace"
+        )
+    if rows:
+        print(f"common={len(rows)} max_score_diff={_fmt(max(r['max_diff'] for r in rows))}")
+    return rows
 
 
 def _compare(ours, theirs) -> dict:

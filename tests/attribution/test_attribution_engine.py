@@ -247,3 +247,41 @@ def test_loader_errors_name_the_file(tmp_path, llama_dir):
     (tdir / "layer_1.safetensors").unlink()
     with pytest.raises(ValueError, match="layer_0"):
         load_transcoders(tdir)
+
+
+def test_influence_equals_circuit_tracer_partial_influences():
+    """RowStore.influence (square part iterated, then applied to the full rows) equals
+    circuit-tracer's compute_partial_influences on the full edge matrix."""
+    pytest.importorskip("circuit_tracer")
+    from circuit_tracer.graph import compute_partial_influences
+
+    from hallugraph.attribution.engine.rows import RowStore
+
+    g = torch.Generator().manual_seed(0)
+    offsets, row_size, n_logits = [0, 30, 55, 90], 12, 2
+    n_feat = offsets[-1]
+    store = RowStore(offsets, row_size, 40, "cpu", torch.float32)
+    layers = torch.tensor([3] * n_logits)
+    feats = torch.randn(n_logits, n_feat, generator=g)
+    store.add(
+        layers, torch.full((n_logits,), -1), torch.arange(n_logits), feats, torch.randn(2, 12)
+    )
+    rti = [n_feat + row_size + i for i in range(n_logits)]
+    edge = torch.zeros(n_logits, n_feat + row_size + n_logits)
+    edge[:, :n_feat] = feats
+    edge[:, n_feat : n_feat + row_size] = store.et[:n_logits]
+    probs = torch.tensor([0.6, 0.3])
+    for _ in range(3):  # three batches of feature rows, as the schedule adds them
+        infl = store.influence(probs)
+        ref = compute_partial_influences(edge, probs, torch.tensor(rti), device="cpu")
+        assert torch.allclose(infl, ref[:n_feat], rtol=1e-5, atol=1e-9)
+        nodes = torch.randperm(n_feat, generator=g)[:6]
+        lay = torch.bucketize(nodes, torch.tensor(offsets[1:]), right=True)
+        f = torch.randn(6, n_feat, generator=g)
+        f[torch.arange(n_feat)[None, :] >= torch.tensor(offsets)[lay][:, None]] = 0
+        et = torch.randn(6, row_size, generator=g)
+        store.add(lay, nodes, torch.full((6,), -1), f, et)
+        block = torch.zeros(6, edge.shape[1])
+        block[:, :n_feat], block[:, n_feat : n_feat + row_size] = f, et
+        edge = torch.cat([edge, block])
+        rti += nodes.tolist()
