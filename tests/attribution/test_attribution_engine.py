@@ -285,3 +285,18 @@ def test_influence_equals_circuit_tracer_partial_influences():
         block[:, :n_feat], block[:, n_feat : n_feat + row_size] = f, et
         edge = torch.cat([edge, block])
         rti += nodes.tolist()
+
+
+def test_live_positions_path_equals_dense(llama_dir, tmp_path, monkeypatch):
+    """The backward that skips a row's positions after its own gives the dense one's rows."""
+    from hallugraph.attribution.engine import sweep
+
+    tdir = _write(tmp_path, "live", _layers(2, 32, 48, seed=11, jumprelu=(1,), skip=True))
+    engine = AttributionEngine.from_pretrained(llama_dir, tdir)
+    ids = _ids(engine.tokenizer)
+    graphs = []
+    for threshold in (0.0, 2.0):  # never / always skip
+        monkeypatch.setattr(sweep, "_DENSE_ABOVE", threshold)
+        graphs.append(engine.attribute(ids, max_feature_nodes=30, batch_size=8, chunk_size=16))
+    assert torch.equal(graphs[0].selected_features, graphs[1].selected_features)
+    assert torch.allclose(graphs[0].adjacency_matrix, graphs[1].adjacency_matrix, atol=1e-6)

@@ -32,6 +32,9 @@ from hallugraph.attribution.engine.transcoders import EngineTranscoders
 
 __all__ = ["Prepared", "compute_rows", "encoder_rows", "prepare"]
 
+#: below this fraction of live (row, position) pairs, the projections skip the dead ones
+_DENSE_ABOVE = 0.8
+
 
 @dataclass
 class Prepared:
@@ -138,19 +141,36 @@ def prepare(
 
 
 def _attn_back(
-    g: torch.Tensor, layer: int, cache: ForwardCache, w: LinearWeights, prep: Prepared
+    g: torch.Tensor,
+    layer: int,
+    cache: ForwardCache,
+    w: LinearWeights,
+    prep: Prepared,
+    live: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Gradient at the attention block's input (through ln1, frozen) from ``g`` at its output."""
-    k, pp, _ = g.shape
+    """Gradient at the attention block's input (through ln1, frozen) from ``g`` at its output.
+
+    ``live``: the (row, position) pairs where ``g`` can be non-zero (a row's positions up to
+    its own; the pattern is causal, so its result is zero elsewhere too): the two projections
+    are then computed on those pairs only."""
+    k, pp, d = g.shape
     h, hkv = w.n_heads, w.n_kv_heads
-    gz = g @ w.W_o[layer]  # [k, pp, H * dh]
+    if live is None:
+        gz = g @ w.W_o[layer]  # [k, pp, H * dh]
+    else:
+        gz = g.new_zeros(k, pp, w.W_o[layer].shape[1])
+        gz[live] = g[live] @ w.W_o[layer]
     dh = gz.shape[-1] // h
     gz = gz.view(k, pp, h, dh).permute(2, 1, 0, 3).reshape(h, pp, k * dh)
     pattern = cache.attn[layer, :, :pp, :pp]  # [H, q, key]
     gv = torch.bmm(pattern.transpose(1, 2), gz)  # [H, key, k * dh]
     gv = gv.view(hkv, h // hkv, pp, k, dh).sum(1)  # heads sharing a kv head
     gv = gv.permute(2, 1, 0, 3).reshape(k, pp, hkv * dh)
-    return (gv @ w.W_v[layer]) * prep.scale_ln1[layer, :pp]
+    if live is None:
+        return (gv @ w.W_v[layer]) * prep.scale_ln1[layer, :pp]
+    out = g.new_zeros(k, pp, d)
+    out[live] = gv[live] @ w.W_v[layer]
+    return out * prep.scale_ln1[layer, :pp]
 
 
 @torch.no_grad()
@@ -189,6 +209,9 @@ def compute_rows(
     # rows with layer > l / >= l form prefixes of the (sorted) batch
     n_above = [int((layers > lay).sum()) for lay in range(n_layers + 1)]
     n_from = [int((layers >= lay).sum()) for lay in range(n_layers + 1)]
+    # a row is zero at positions after its own: skip them when that saves enough
+    live_mask = torch.arange(pp)[None, :] <= positions[:, None]
+    sparse = float(live_mask.float().mean()) < _DENSE_ABOVE
     for lay in range(min(top, n_layers - 1), -1, -1):
         k = n_above[lay]
         if k:
@@ -204,7 +227,10 @@ def compute_rows(
         if transcoders.normalized_input:
             gx = gx * prep.scale_ln2[lay, :pp]
         g = g + gx
-        grad[:k_act] = g + _attn_back(g, lay, cache, weights, prep)
+        live = None
+        if sparse:
+            live = tuple(t.to(dev) for t in live_mask[:k_act].nonzero(as_tuple=True))
+        grad[:k_act] = g + _attn_back(g, lay, cache, weights, prep, live)
     base = n_layers * n_pos
     et[:, base : base + pp] = torch.einsum("rpd,pd->rp", grad, prep.token_vectors[:pp])
     inverse = torch.empty_like(order)
