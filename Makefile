@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.hallugraph-installed
 ATTR_STAMP := $(VENV)/.hallugraph-attribution
 ARGS    ?=
 
-.PHONY: setup setup-attribution run test test-fast lint format bench bench-codec bench-score benchmark-table clean
+.PHONY: setup setup-attribution run test test-fast lint format bench bench-codec bench-score bench-attribution benchmark-table clean
 
 setup: $(STAMP)
 
@@ -57,6 +57,9 @@ benchmark-table: setup  ## docs/BENCHMARKS.md's detector table: extract, label, 
 
 bench: setup        ## extraction speed and bytes against the seed script's approach
 	$(BIN)/python benchmarks/extract_vs_original.py $(ARGS)
+
+bench-attribution: setup-attribution  ## hallugraph's attribution engine vs circuit-tracer (SmolLM2, random JumpReLU set)
+	$(BIN)/python benchmarks/attribution_speed.py $(ARGS)
 
 bench-codec: setup  ## bytes, speed and exactness of --codec predictive on 30 TriviaQA traces
 	$(BIN)/hallugraph extract --dataset triviaqa --num-samples 30 --out $(BENCH)/codec_triviaqa

@@ -1,6 +1,7 @@
 """``hallugraph groundedness`` / ``hallugraph attribution`` on the tiny Llama with random
-transcoders: stored scores equal scores_from_graph, resume, interruption, clear errors, viewer
-JSON + PNG, the speed benchmark."""
+transcoders: stored scores (hallugraph's engine, the default) equal scores_from_graph of
+circuit-tracer's graph, resume, interruption, clear errors, viewer JSON + PNG, the speed
+benchmarks."""
 
 from __future__ import annotations
 
@@ -213,7 +214,7 @@ def test_groundedness_clear_errors(tiny_run, tiny_ct, tmp_path, capsys, monkeypa
     del argv[argv.index("--transcoders") : argv.index("--transcoders") + 2]
     assert main(argv) == 2
     assert "no transcoder set found" in capsys.readouterr().err
-    # circuit-tracer missing
+    # circuit-tracer missing, and asked for
     from hallugraph.attribution import tracer
 
     def missing():
@@ -221,7 +222,7 @@ def test_groundedness_clear_errors(tiny_run, tiny_ct, tmp_path, capsys, monkeypa
 
     with monkeypatch.context() as m:
         m.setattr(tracer, "require_circuit_tracer", missing)
-        assert main(_argv(run, tiny_ct)) == 2
+        assert main(_argv(run, tiny_ct, "--engine", "circuit-tracer")) == 2
         assert "need circuit-tracer" in capsys.readouterr().err
     # a run without any context
     rows = _read_manifest(run)

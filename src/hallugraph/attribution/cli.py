@@ -159,7 +159,19 @@ def _add_graph_args(p: Any) -> None:
         help="feature nodes per graph (default %(default)s; 0: every active feature; "
         "circuit-tracer's CLI uses 7500)",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="source nodes per backward pass")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="feature rows per ranking step / update_interval (circuit-tracer's schedule)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["hallugraph", "circuit-tracer"],
+        default="hallugraph",
+        help="hallugraph: our engine (default, no circuit-tracer needed); circuit-tracer: its "
+        "nnsight backend (extra 'attribution'), the same graphs, for cross-checks",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -171,7 +183,8 @@ def add_groundedness_parser(sub: Any) -> None:
         "groundedness",
         help="Gctx / RS / CS of every trace with a context, from attribution graphs (resumable)",
         description=(
-            "Build the attribution graph (circuit-tracer, our transcoders) of every trace of RUN "
+            "Build the attribution graph (hallugraph's engine, or --engine circuit-tracer; our "
+            "transcoders) of every trace of RUN "
             "that has a context span, and store its context share Gctx, replacement score RS "
             "and completeness CS in RUN/attribution/groundedness.json, for the groundedness "
             "detectors. Saved after every trace: interrupted? Run the same command again."
@@ -232,6 +245,7 @@ def _settings(args: argparse.Namespace, targets: str = "first") -> Any:
         max_answer_tokens=getattr(args, "max_answer_tokens", None),
         batch_size=args.batch_size,
         dtype=args.dtype,
+        engine=args.engine,
     )
 
 
@@ -302,10 +316,18 @@ def run_attribution(args: argparse.Namespace) -> int:
         raise ValueError(f"trace {args.index} of {args.run} has no context span (Gctx needs one)")
     settings = _settings(args)
     tdir = resolve_transcoders(args.transcoders, str(store.info.get("model", "")))
-    _need_circuit_tracer()
+    if settings.engine == "circuit-tracer" or args.serve is not None:
+        _need_circuit_tracer()
     t0 = time.perf_counter()
-    rm = load_for_run(store, tdir, model=args.model, device=args.device, dtype=settings.dtype)
-    print(f"replacement model loaded in {time.perf_counter() - t0:.1f} s")
+    rm = load_for_run(
+        store,
+        tdir,
+        model=args.model,
+        device=args.device,
+        dtype=settings.dtype,
+        engine=settings.engine,
+    )
+    print(f"{settings.engine} model loaded in {time.perf_counter() - t0:.1f} s")
     graph, info = attribute_trace(rm, row, args.answer_token, settings)
     info["transcoders"] = str(tdir)
     out = Path(args.out) if args.out else store.dir / "attribution" / "graphs"
@@ -346,6 +368,8 @@ def run_attribution(args: argparse.Namespace) -> int:
                 ),
             )
         )
+    if not any(f.name == f"{slug}.json" for f in files):
+        print("viewer JSON not written: it needs circuit-tracer (pip install -e '.[attribution]')")
     for f in files:
         print(f)
     if args.serve is not None:

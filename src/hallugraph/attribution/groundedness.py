@@ -1,6 +1,10 @@
-"""Gctx, RS and CS of every trace of a run, from circuit-tracer attribution graphs
-(``hallugraph groundedness RUN``), stored beside the run for the ``groundedness`` statistic and
-detectors.
+"""Gctx, RS and CS of every trace of a run, from attribution graphs (``hallugraph groundedness
+RUN``), stored beside the run for the ``groundedness`` statistic and detectors.
+
+**Which engine.** ``engine="hallugraph"`` (default): :mod:`hallugraph.attribution.engine`, plain
+PyTorch, the same graphs as circuit-tracer 0.5.0 (tested), no circuit-tracer / nnsight needed;
+``engine="circuit-tracer"``: circuit-tracer's nnsight backend (extra ``attribution``), kept for
+cross-checks. Both are driven the same way below.
 
 **Which traces.** Those with a context span (``context_span`` in the manifest: the retrieved
 document's token span in the prompt, e.g. HaluEval-QA); a run without any is refused.
@@ -8,10 +12,10 @@ document's token span in the prompt, e.g. HaluEval-QA); a run without any is ref
 **Which graph.** The sequence attributed is the trace's own tokens (``tokens`` = prompt +
 answer, as extracted), starting with the BOS (:func:`~hallugraph.attribution.tracer.
 attribution_tokens`), and the logit attributed is the *actual* answer token (not the model's
-top guesses), with its probability as the logit weight. circuit-tracer 0.5.0 attributes logits
-at the last position of the sequence only (``attribute`` computes every target at ``n_pos - 1``;
-``attribution_targets`` picks which vocabulary entries, not where), so answer token ``k`` is
-attributed from the prefix ``prompt + answer[:k]``:
+top guesses), with its probability as the logit weight. Graphs attribute logits at the last
+position of the sequence only (as circuit-tracer 0.5.0 does: ``attribute`` computes every
+target at ``n_pos - 1``; ``attribution_targets`` picks which vocabulary entries, not where), so
+answer token ``k`` is attributed from the prefix ``prompt + answer[:k]``:
 
 * ``targets="first"`` (default): one graph, prefix = the prompt, target = the first answer
   token (the answer's commitment);
@@ -46,6 +50,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from hallugraph.attribution.engine import AttributionEngine
 from hallugraph.attribution.scores import GraphScores, scores_from_graph
 from hallugraph.attribution.tracer import attribute_tokens, attribution_tokens
 from hallugraph.features.groundedness import read_scores, scores_path, write_scores
@@ -56,6 +61,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DTYPES",
+    "ENGINES",
     "TARGETS",
     "AttributionSettings",
     "GroundednessSummary",
@@ -73,6 +79,7 @@ __all__ = [
 ]
 
 TARGETS = ("first", "all")
+ENGINES = ("hallugraph", "circuit-tracer")
 DTYPES = ("float32", "bfloat16", "float16")
 _MATCHING = ("transcoders_digest", "max_feature_nodes", "targets", "max_answer_tokens", "dtype")
 
@@ -91,8 +98,12 @@ class AttributionSettings:
     batch_size: int = 64
     """Source nodes per backward pass (memory, not results)."""
     dtype: str = "float32"
+    engine: str = "hallugraph"
+    """``hallugraph`` (our engine) or ``circuit-tracer`` (its nnsight backend): same graphs."""
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if self.targets not in TARGETS:
             raise ValueError(f"targets must be one of {', '.join(TARGETS)}, not {self.targets!r}")
         if self.max_feature_nodes is not None and self.max_feature_nodes < 1:
@@ -190,8 +201,20 @@ def load_for_run(
     model: str | os.PathLike[str] | None = None,
     device: str | None = None,
     dtype: str = "float32",
+    engine: str = "hallugraph",
 ) -> Any:
-    """A circuit-tracer ``ReplacementModel`` of the run's model with ``transcoders``."""
+    """The run's model with ``transcoders``, ready to attribute: an
+    :class:`~hallugraph.attribution.engine.AttributionEngine` (``engine="hallugraph"``) or a
+    circuit-tracer ``ReplacementModel`` (``engine="circuit-tracer"``)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine == "hallugraph":
+        return AttributionEngine.from_pretrained(
+            model_dir_of(store, model),
+            transcoders,
+            device=device or default_device(),
+            dtype=getattr(torch, dtype),
+        )
     from hallugraph.attribution.tracer import load_replacement_model
 
     return load_replacement_model(
@@ -236,7 +259,9 @@ def attribute_answer_token(
     """The graph of answer token ``k`` of a trace: ``(graph, context positions, shift)``.
 
     Attributes ``tokens[: prompt_len + k]`` (BOS first) with the actual token
-    ``tokens[prompt_len + k]`` as the only logit target.
+    ``tokens[prompt_len + k]`` as the only logit target, with ``replacement_model`` an
+    :class:`~hallugraph.attribution.engine.AttributionEngine` or a circuit-tracer
+    ``ReplacementModel``.
     """
     span = row.get("context_span")
     if not span:
@@ -247,6 +272,14 @@ def attribute_answer_token(
         raise ValueError(f"answer token {k} out of range: the answer has {row['answer_len']}")
     ids, shift = attribution_tokens(replacement_model.tokenizer, tokens[: p + k])
     target = torch.tensor([tokens[p + k]], dtype=torch.long)
+    if isinstance(replacement_model, AttributionEngine):
+        graph = replacement_model.attribute(
+            ids,
+            attribution_targets=target,
+            max_feature_nodes=max_feature_nodes,
+            batch_size=batch_size,
+        )
+        return graph, [i + shift for i in range(int(span[0]), int(span[1]))], shift
     graph = attribute_tokens(
         replacement_model,
         ids,
@@ -356,7 +389,7 @@ def score_run(
 
     Raises ``ValueError`` (nothing written) when the run has no context, the transcoder set is
     missing, or the stored scores were made with other settings; ``ImportError`` when
-    circuit-tracer is needed and not installed.
+    ``settings.engine`` is ``circuit-tracer`` and it is not installed.
     """
     t_start = time.perf_counter()
     settings = settings or AttributionSettings()
@@ -393,14 +426,15 @@ def score_run(
         return summary
 
     if replacement_model is None:
-        from hallugraph.attribution.tracer import require_circuit_tracer
+        if settings.engine == "circuit-tracer":
+            from hallugraph.attribution.tracer import require_circuit_tracer
 
-        require_circuit_tracer()
+            require_circuit_tracer()
         t0 = time.perf_counter()
         replacement_model = load_for_run(
-            store, tdir, model=model, device=device, dtype=settings.dtype
+            store, tdir, model=model, device=device, dtype=settings.dtype, engine=settings.engine
         )
-        say(f"replacement model loaded in {time.perf_counter() - t0:.1f} s ({tdir})")
+        say(f"{settings.engine} model loaded in {time.perf_counter() - t0:.1f} s ({tdir})")
     dirty = 0
     bar = tqdm(total=len(todo), desc="groundedness", unit="trace", disable=not progress)
     try:

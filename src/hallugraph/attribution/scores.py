@@ -99,7 +99,7 @@ class GraphLayout:
 
     @classmethod
     def from_graph(cls, graph: Any) -> GraphLayout:
-        """The layout of a ``circuit_tracer.graph.Graph``."""
+        """The layout of a ``circuit_tracer.graph.Graph`` or an engine ``AttributionGraph``."""
         layout = cls(
             n_features=len(graph.selected_features),
             n_layers=int(graph.cfg.n_layers),
@@ -251,7 +251,7 @@ def scores_from_graph(
     exclude: Iterable[int] = (0,),
     logit_weights: torch.Tensor | Sequence[float] | None = None,
 ) -> GraphScores:
-    """Gctx, RS and CS of a ``circuit_tracer.graph.Graph``.
+    """Gctx, RS and CS of a ``circuit_tracer.graph.Graph`` or an engine ``AttributionGraph``.
 
     ``logit_weights`` default to the graph's ``logit_probabilities`` (what circuit-tracer uses).
     """

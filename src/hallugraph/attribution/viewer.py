@@ -1,10 +1,13 @@
 """One trace's attribution graph for people (``hallugraph attribution RUN --index I``): the
 circuit-tracer viewer's JSON, our scores as JSON, a PNG of the pruned graph, the local viewer.
 
-Nothing is pickled: circuit-tracer's ``Graph.to_pt`` is ``torch.save`` (pickle), so the graph is
-kept as the viewer's JSON (``circuit_tracer.utils.create_graph_files``: the pruned nodes and
-edges, plus ``graph-metadata.json`` listing the graphs of the folder) and ``<slug>.scores.json``
-(Gctx, RS, CS, the target token, the context positions, the settings).
+The graph comes from either engine (:mod:`hallugraph.attribution.engine` by default). Nothing is
+pickled: circuit-tracer's ``Graph.to_pt`` is ``torch.save`` (pickle), so the graph is kept as the
+viewer's JSON (``circuit_tracer.utils.create_graph_files``: the pruned nodes and edges, plus
+``graph-metadata.json`` listing the graphs of the folder; written only when circuit-tracer is
+installed, the viewer being its own) and ``<slug>.scores.json`` (Gctx, RS, CS, the target
+token, the context positions, the settings). The PNG needs no circuit-tracer (pruning:
+:func:`hallugraph.attribution.engine.prune.prune_graph`).
 
 The PNG (:func:`draw_attribution_graph`) lays the pruned graph out by position (x) and layer
 (y): input tokens at the bottom (context tokens in the context colour of
@@ -15,7 +18,6 @@ edges drawn with width by |weight|, blue positive, red negative.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -26,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from hallugraph.attribution.engine.prune import prune_graph
 from hallugraph.attribution.groundedness import AttributionSettings, attribute_answer_token
 from hallugraph.attribution.scores import GraphLayout, scores_from_graph
-from hallugraph.evaluate import _jsonable
-from hallugraph.store import _atomic_write_text
+from hallugraph.io import atomic_write_json
 
 __all__ = [
     "attribute_trace",
@@ -100,12 +102,20 @@ def write_viewer_files(
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
 ) -> list[Path]:
-    """``out/<slug>.json`` (circuit-tracer's viewer format, pruned at the thresholds),
-    ``out/graph-metadata.json`` (updated) and, with ``info``, ``out/<slug>.scores.json``."""
-    from circuit_tracer.utils.create_graph_files import create_graph_files
-
+    """``out/<slug>.json`` (circuit-tracer's viewer format, pruned at the thresholds) and
+    ``out/graph-metadata.json`` (updated) when circuit-tracer is installed, and, with ``info``,
+    ``out/<slug>.scores.json``. An engine graph is converted with ``to_circuit_tracer()``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    files = []
+    if info is not None:
+        files.append(atomic_write_json(out / f"{slug}.scores.json", info))
+    try:
+        from circuit_tracer.utils.create_graph_files import create_graph_files
+    except ImportError:
+        return files
+    if hasattr(graph, "to_circuit_tracer"):
+        graph = graph.to_circuit_tracer()
     scan = graph.scan if graph.scan is not None else "hallugraph"
     create_graph_files(
         graph,
@@ -115,12 +125,7 @@ def write_viewer_files(
         node_threshold=node_threshold,
         edge_threshold=edge_threshold,
     )
-    files = [out / f"{slug}.json", out / "graph-metadata.json"]
-    if info is not None:
-        path = out / f"{slug}.scores.json"
-        _atomic_write_text(path, json.dumps(_jsonable(info), indent=2) + "\n")
-        files.append(path)
-    return files
+    return [out / f"{slug}.json", out / "graph-metadata.json", *files]
 
 
 def serve_viewer(out: str | os.PathLike[str], port: int) -> Any:
@@ -162,7 +167,6 @@ def draw_attribution_graph(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from circuit_tracer.graph import prune_graph
     from matplotlib.collections import LineCollection
     from matplotlib.colors import to_rgba
     from matplotlib.lines import Line2D

@@ -38,7 +38,7 @@ __all__ = [
     "scored_values",
 ]
 
-PAPER = "Groundedness = Gctx · (α·RS + (1 − α)·CS) from circuit-tracer attribution graphs"
+PAPER = "Groundedness = Gctx · (α·RS + (1 − α)·CS) from (circuit-tracer's) attribution graphs"
 STAT = "groundedness"
 
 
@@ -136,7 +136,7 @@ def scored_values(X: FeatureTable) -> np.ndarray:
     """
     v = np.asarray(X.stat(STAT), dtype=np.float64).reshape(len(X), -1)
     scored = v[:, 3] > 0 if len(v) else np.zeros(0, dtype=bool)
-    how = "run `hallugraph groundedness RUN` (attribution graphs, needs circuit-tracer) first"
+    how = "run `hallugraph groundedness RUN` (attribution graphs, needs a transcoder set) first"
     if not scored.any():
         raise NotApplicable(f"no trace has attribution scores: {how}")
     if not scored.all():

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from hallugraph.features import Statistic, register
-from hallugraph.store import TraceStore, _atomic_write_text
+from hallugraph.io import atomic_write_text
+from hallugraph.store import TraceStore
 
 SCORES_DIR = "attribution"
 SCORES_FILE = "groundedness.json"
@@ -87,7 +88,7 @@ def write_scores(run_dir: str | os.PathLike[str], payload: Mapping[str, Any]) ->
     path = scores_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_null_nan(dict(payload)), indent=1, sort_keys=True, allow_nan=False)
-    _atomic_write_text(path, text + "\n")
+    atomic_write_text(path, text + "\n")
     return path
 
 
