@@ -16,6 +16,7 @@ from hallugraph.attribution.transcoders import (
     TrainConfig,
     evaluate_set,
     exported_forward,
+    fit_skip,
     format_table,
     load_set,
     random_transcoder_set,
@@ -91,9 +92,29 @@ def test_closed_form_skip_equals_lstsq():
         w, b = fit.solve(ridge=0.0)
         np.testing.assert_allclose(w.numpy(), sol[:12].T, atol=tol)
         np.testing.assert_allclose(b.numpy(), sol[12], atol=tol)
-    # the ridge shrinks the weights, never the bias' role
+    # the ridge shrinks the weights
     w_r, _ = fit.solve(ridge=10.0)
     assert float(w_r.norm()) < float(w.norm())
+    # SSE from the sums equals the direct one
+    pred = x.double() @ w.T + b
+    assert fit.sse(w, b) == pytest.approx(float((pred - y.double()).pow(2).sum()), rel=1e-4)
+
+
+def test_fit_skip_picks_the_ridge_that_generalizes():
+    g = torch.Generator().manual_seed(1)
+    # a nearly constant input direction that the training targets happen to follow
+    x = torch.randn(400, 6, generator=g)
+    x[:, 5] = 1.0 + 1e-4 * torch.randn(400, generator=g)
+    y = x[:, :2] @ torch.ones(2, 3) + 1e3 * (x[:, 5:6] - 1.0)
+    train_fit, val_fit = SkipFit(6, 3, torch.float64), SkipFit(6, 3, torch.float64)
+    train_fit.update(x, y)
+    xv = torch.randn(200, 6, generator=g)
+    xv[:, 5] = 1.0 + 1e-2 * torch.randn(200, generator=g)  # shifted: the direction varies more
+    val_fit.update(xv, xv[:, :2] @ torch.ones(2, 3))
+    w, b, ridge = fit_skip(train_fit, val_fit)
+    assert ridge > 1e-6
+    w0, b0 = train_fit.solve(1e-6)
+    assert val_fit.sse(*train_fit.solve(ridge)) < val_fit.sse(w0, b0)
 
 
 def test_sparse_gradients_equal_autograd():
@@ -318,3 +339,35 @@ def test_cli_train_and_eval(tiny_lm, tmp_path, capsys, monkeypatch):
     assert main(["transcoders", "eval", str(tmp_path)]) == 2
     assert tcli._FLAGS  # every flag maps to a TrainConfig field
     assert set(tcli._FLAGS) <= set(TrainConfig().to_dict())
+
+
+def test_data_init_and_resampling_revive_features():
+    torch.manual_seed(0)
+    d, width = 16, 64
+    x = torch.randn(200, d) + 2.0
+    r = x[:, :8].repeat(1, 2) * 0.5  # a residual the features can explain
+    tc = SkipTranscoder(d, width, 4, seed=0)
+    tc.init_scales(x, r)
+    gen = torch.Generator().manual_seed(0)
+    tc.init_from_data(x, r, gen, enc_scale=0.1)
+    rows = tc.W_dec.detach()
+    torch.testing.assert_close(rows.norm(dim=1), torch.ones(width))
+    # each decoder row is the direction of one token's residual
+    rn = r / r.norm(dim=1, keepdim=True)
+    assert float((rows @ rn.T).max(dim=1).values.min()) > 0.999
+    assert len({tuple(v.tolist()) for v in rows.round(decimals=5)}) == width  # all distinct
+    # every feature dead: resampling re-initializes them all and resets Adam's moments
+    opt = torch.optim.Adam(tc.parameters(), lr=1e-3)
+    tc.threshold.fill_(0.5)
+    s = tc.train_step(x, r, gen=gen, tokens_seen=0, dead_tokens=10**9, k_aux=0, aux_coef=0.0)
+    opt.step()
+    tc.after_step()
+    tc.last_active.zero_()
+    th = float(tc.threshold)  # the running threshold after this step
+    n = tc.resample_dead(x, r, tokens_seen=1000, dead_tokens=10, gen=gen, opt=opt)
+    assert n == width and int(tc.last_active.min()) == 1000
+    assert float(opt.state[tc.W_enc]["exp_avg"].abs().sum()) == 0.0
+    # a resampled feature fires at 1.5 × the threshold on the token it was drawn from
+    z = (x / float(tc.in_scale)) @ tc.W_enc.detach().T + tc.b_enc.detach()
+    assert float(z.max(dim=0).values.min()) >= 1.5 * th - 1e-4
+    assert s["l0"] > 0

@@ -29,7 +29,12 @@ from hallugraph.attribution.transcoders.io import (
     random_transcoder_set,
     write_transcoder_set,
 )
-from hallugraph.attribution.transcoders.model import SkipFit, SkipTranscoder, exported_forward
+from hallugraph.attribution.transcoders.model import (
+    SkipFit,
+    SkipTranscoder,
+    exported_forward,
+    fit_skip,
+)
 from hallugraph.attribution.transcoders.run import eval_set, train_set
 from hallugraph.attribution.transcoders.train import PRESETS, TrainConfig, train
 
@@ -45,6 +50,7 @@ __all__ = [
     "eval_texts",
     "evaluate_set",
     "exported_forward",
+    "fit_skip",
     "format_table",
     "halueval_train_questions",
     "load_set",

@@ -4,7 +4,8 @@ Phases (resumable at any checkpoint):
 
 1. ``skip``: forward passes over the first ``skip_tokens`` training tokens accumulate, per
    layer, the float64 normal equations of ``y ≈ x W_skipᵀ + b`` (:class:`~.model.SkipFit`);
-   they are solved once (ridge ``ridge``).
+   they are solved once, with the ridge that predicts held-out batches best
+   (:func:`~.model.fit_skip`).
 2. ``sparse``: each batch goes once through the model (bfloat16, sdpa attention), the MLP
    input ``x`` and output ``y`` of every layer are captured (position 0 and padding left out),
    and each layer's :class:`~.model.SkipTranscoder` takes one Adam step on ``r = y − skip(x)``.
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from hallugraph.attribution.transcoders.corpus import BatchPlan, Corpus
-from hallugraph.attribution.transcoders.model import SkipFit, SkipTranscoder
+from hallugraph.attribution.transcoders.model import SkipFit, SkipTranscoder, fit_skip
 from hallugraph.io import atomic_write_json
 from hallugraph.models import LoadedModel
 
@@ -49,7 +50,6 @@ class TrainConfig:
     window: int = 256
     prompt_share: float = 0.3
     skip_tokens: int = 100_000
-    ridge: float = 1e-6
     dead_tokens: int = 100_000
     k_aux: int = 256
     aux_coef: float = 1 / 32
@@ -93,14 +93,12 @@ PRESETS: dict[str, tuple[TrainConfig, int, float]] = {
 @dataclass
 class TrainState:
     phase: str = "skip"
-    batch: int = 0
-    """Next batch index of the plan."""
-    step: int = 0
-    """Sparse-phase steps done."""
+    batch: int = 0  # next batch index of the plan
+    step: int = 0  # sparse-phase steps done
     skip_n: int = 0
-    tokens: int = 0
-    """Tokens of the sparse phase."""
+    tokens: int = 0  # tokens of the sparse phase
     seconds: float = 0.0
+    ridges: dict[str, float] = field(default_factory=dict)  # the skip's ridge per layer
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -120,8 +118,7 @@ def capture(
     ins: list[torch.Tensor] = []
     outs: list[torch.Tensor] = []
     handles = []
-    layers = model.model.layers
-    for layer in layers:
+    for layer in model.model.layers:
         norm, mlp = layer.post_attention_layernorm, layer.mlp
         handles.append(norm.register_forward_hook(lambda m, a, o: ins.append(o[keep].float())))
         handles.append(mlp.register_forward_hook(lambda m, a, o: outs.append(o[keep].float())))
@@ -160,6 +157,7 @@ def _save(
     slot = "a" if prev == "b" else "b"
     (ck / slot).mkdir(exist_ok=True)
     meta = {"step": str(st.step), "batch": str(st.batch)}
+    n_layers = len(tcs)
     for i, tc in enumerate(tcs):
         t = {f"tc.{k}": v for k, v in tc.state_dict().items()}
         for pid, ps in opts[i].state_dict()["state"].items():
@@ -167,6 +165,7 @@ def _save(
                 t[f"opt.{pid}.{k}"] = torch.as_tensor(v)
         if fits is not None:
             t.update(fits[i].state("fit."))
+            t.update(fits[n_layers + i].state("vfit."))
         if pool is not None and pool[0]:
             t["pool.x"], t["pool.y"] = pool[0][i], pool[1][i]
         save_tensors(ck / slot / f"layer_{i}.safetensors", t, meta)
@@ -205,7 +204,8 @@ def _load(
             sd = opts[i].state_dict()
             opts[i].load_state_dict({"state": state, "param_groups": sd["param_groups"]})
         if st.phase == "skip":
-            fits[i].load(t, "fit.", st.skip_n)
+            fits[i].load(t, "fit.")
+            fits[len(tcs) + i].load(t, "vfit.")
             if "pool.x" in t:
                 pool[0].append(t["pool.x"])
                 pool[1].append(t["pool.y"])
@@ -257,7 +257,9 @@ def train(
     d, n_layers = int(lm.model.config.hidden_size), int(lm.model.config.num_hidden_layers)
     tcs = _new_layers(cfg, d, n_layers)
     opts = _optimizers(tcs, cfg.lr)
-    fits = [SkipFit(d, d) for _ in range(n_layers)]
+    # normal equations per layer: fits[i] training batches, fits[n_layers + i] validation
+    # batches (every 7th: both pools) that choose the ridge
+    fits = [SkipFit(d, d) for _ in range(2 * n_layers)]
     # prototype tokens for the data initialization, sampled through the skip phase
     pool: list[list[torch.Tensor]] = [[], []]
     resume = (out / "checkpoint" / "state.json").exists()
@@ -285,11 +287,12 @@ def train(
         while st.skip_n < cfg.skip_tokens and not out_of_time():
             t0 = time.monotonic()
             ins, outs = capture(lm.model, _batch(corpus, plan, st.batch), pad)
+            val = n_layers if st.batch % 7 == 3 else 0
             for i in range(n_layers):
-                fits[i].update(ins[i], outs[i])
+                fits[val + i].update(ins[i], outs[i])
             _sample(pool, ins, outs, cfg, st.batch)
             st.batch += 1
-            st.skip_n = fits[0].n
+            st.skip_n = fits[0].n + fits[n_layers].n
             st.seconds += time.monotonic() - t0
             bar.update(int(ins[0].shape[0]))
             since += 1
@@ -302,7 +305,8 @@ def train(
             return tcs, st, "time"
         gen = torch.Generator()
         for i in range(n_layers):
-            tcs[i].set_skip(*fits[i].solve(cfg.ridge))
+            w, b, st.ridges[str(i)] = fit_skip(fits[i], fits[n_layers + i])
+            tcs[i].set_skip(w, b)
             x, y = pool[0][i], pool[1][i]
             r = y - tcs[i].skip(x)
             tcs[i].init_scales(x, r)
