@@ -371,3 +371,38 @@ def test_data_init_and_resampling_revive_features():
     z = (x / float(tc.in_scale)) @ tc.W_enc.detach().T + tc.b_enc.detach()
     assert float(z.max(dim=0).values.min()) >= 1.5 * th - 1e-4
     assert s["l0"] > 0
+
+
+def test_training_text_outside_benchmark_and_eval(tiny_lm):
+    from hallugraph.attribution.transcoders.corpus import (
+        TRIVIAQA_START,
+        eval_texts,
+        halueval_train_questions,
+        prompt_texts,
+    )
+    from hallugraph.config import data_dir
+
+    if not (data_dir() / "triviaqa").is_dir() or not (data_dir() / "halueval_qa").is_dir():
+        pytest.skip("shared benchmark data not available")
+    from hallugraph.datasets import load_triviaqa
+
+    train = prompt_texts(tiny_lm)
+    tqa = load_triviaqa()
+    assert tqa[TRIVIAQA_START].question in train[0] and len(train) > len(tqa) - TRIVIAQA_START
+    assert train[0].startswith("<|im_start|>user") and train[0].endswith("<|im_end|>")
+    held = eval_texts(tiny_lm, max_per_set=500)
+    assert not set(train) & set(held["halueval_qa"]) and not set(train) & set(held["triviaqa"])
+    train_q = {ex.question for ex in halueval_train_questions()}
+    assert not any(q in t for q in train_q for t in held["halueval_qa"][:40])
+    joined = "\n".join(train)
+    assert not any(ex.question in joined for ex in tqa[:50])  # benchmark questions unseen
+
+
+def test_general_text_missing_names_the_package(monkeypatch, tmp_path):
+    from hallugraph.attribution.transcoders import corpus
+
+    monkeypatch.setitem(corpus.GENERAL_SOURCES, "gcide", (str(tmp_path / "no"), "dict-gcide", "x"))
+    with pytest.raises(FileNotFoundError, match="apt-get install dict-gcide"):
+        corpus.general_documents(("gcide",))
+    with pytest.raises(ValueError, match="unknown text source"):
+        corpus.general_documents(("wikipedia",))
