@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.hallugraph-installed
 ATTR_STAMP := $(VENV)/.hallugraph-attribution
 ARGS    ?=
 
-.PHONY: setup setup-attribution run test test-fast lint format bench bench-codec bench-score bench-attribution benchmark-table clean
+.PHONY: setup setup-attribution run test test-fast lint format bench bench-codec bench-score bench-attribution benchmark-table transcoders clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,9 @@ benchmark-table: setup  ## docs/BENCHMARKS.md's detector table: extract, label, 
 	$(BIN)/hallugraph extract --dataset halueval_qa --out $(BENCH)/halueval_qa --keep-tensors $(KEEP)
 	$(BIN)/hallugraph label $(BENCH)/triviaqa $(BENCH)/truthfulqa $(BENCH)/halueval_qa_tf $(BENCH)/halueval_qa
 	$(BIN)/hallugraph evaluate $(BENCH)/triviaqa $(BENCH)/truthfulqa $(BENCH)/halueval_qa_tf $(BENCH)/halueval_qa --out $(BENCH)/eval
+
+transcoders: setup  ## the documented transcoder set for SmolLM2-135M (~2 h on 2 cores; resumable; needs python3.11-doc, dict-gcide)
+	$(BIN)/hallugraph transcoders train --preset smollm2-135m-2h $(ARGS)
 
 bench: setup        ## extraction speed and bytes against the seed script's approach
 	$(BIN)/python benchmarks/extract_vs_original.py $(ARGS)

@@ -1,0 +1,405 @@
+"""Train a set of per-layer skip transcoders from one model forward per batch.
+
+Phases (resumable at any checkpoint):
+
+1. ``skip``: forward passes over the first ``skip_tokens`` training tokens accumulate, per
+   layer, the float64 normal equations of ``y ≈ x W_skipᵀ + b`` (:class:`~.model.SkipFit`);
+   they are solved once, with the ridge that predicts held-out batches best
+   (:func:`~.model.fit_skip`).
+2. ``sparse``: each batch goes once through the model (bfloat16, sdpa attention), the MLP
+   input ``x`` and output ``y`` of every layer are captured (position 0 and padding left out),
+   and each layer's :class:`~.model.SkipTranscoder` takes one Adam step on ``r = y − skip(x)``.
+
+A checkpoint (two alternating slots under ``checkpoint/``, the slot in use named last in
+``checkpoint/state.json``) holds the weights, Adam's state, the dead-feature counters and the
+data cursor; running again into the same folder continues from it, and a run cut at a
+checkpoint and resumed gives the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hallugraph.attribution.transcoders.corpus import BatchPlan, Corpus
+from hallugraph.attribution.transcoders.model import SkipFit, SkipTranscoder, fit_skip
+from hallugraph.io import atomic_write_json
+from hallugraph.models import LoadedModel
+
+__all__ = ["PRESETS", "TrainConfig", "TrainState", "capture", "train"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run (a resumed run must use the same values)."""
+
+    width: int = 4608
+    k: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 20
+    batch_tokens: int = 2048
+    window: int = 256
+    prompt_share: float = 0.3
+    skip_tokens: int = 100_000
+    dead_tokens: int = 100_000
+    k_aux: int = 256
+    aux_coef: float = 1 / 32
+    resample_every: int = 50
+    """Every this many steps, dead features are re-initialized (0: never)."""
+    enc_init: float = 0.1
+    """Encoder rows start as ``enc_init`` × a token's centred input direction (data init)."""
+    checkpoint_every: int = 100
+    seed: int = 0
+    sources: tuple[str, ...] = ("python_docs", "gcide")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sources", tuple(self.sources))
+        if self.width < 1 or not 0 < self.k <= self.width:
+            raise ValueError(f"need width >= 1 and 0 < k <= width, not {self.width}, {self.k}")
+        if self.batch_tokens < self.window:
+            raise ValueError("batch_tokens must be at least window")
+        if self.checkpoint_every < 1 or self.skip_tokens < 1:
+            raise ValueError("checkpoint_every and skip_tokens must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sources"] = list(self.sources)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown training settings {sorted(unknown)}")
+        return cls(**d)
+
+
+#: ``--preset`` name -> (config, token budget, time budget in seconds)
+PRESETS: dict[str, tuple[TrainConfig, int, float]] = {
+    "smollm2-135m-2h": (TrainConfig(), 2_000_000, 7200.0),
+}
+
+
+@dataclass
+class TrainState:
+    phase: str = "skip"
+    batch: int = 0  # next batch index of the plan
+    step: int = 0  # sparse-phase steps done
+    skip_n: int = 0
+    tokens: int = 0  # tokens of the sparse phase
+    seconds: float = 0.0
+    ridges: dict[str, float] = field(default_factory=dict)  # the skip's ridge per layer
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def capture(
+    model: Any, ids: list[np.ndarray], pad: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """MLP inputs and outputs ``[n_tokens, d]`` (float32) of every layer, all non-padding
+    positions but position 0, from one forward of the base model (no LM head)."""
+    n = max(len(s) for s in ids)
+    batch = torch.full((len(ids), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), n), dtype=torch.long)
+    for i, s in enumerate(ids):
+        batch[i, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+        mask[i, : len(s)] = 1
+    keep = mask.bool()
+    keep[:, 0] = False
+    ins: list[torch.Tensor] = []
+    outs: list[torch.Tensor] = []
+    handles = []
+    for layer in model.model.layers:
+        norm, mlp = layer.post_attention_layernorm, layer.mlp
+        handles.append(norm.register_forward_hook(lambda m, a, o: ins.append(o[keep].float())))
+        handles.append(mlp.register_forward_hook(lambda m, a, o: outs.append(o[keep].float())))
+    try:
+        with torch.no_grad():
+            model.model(input_ids=batch, attention_mask=mask, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return ins, outs
+
+
+def _new_layers(cfg: TrainConfig, d: int, n_layers: int) -> list[SkipTranscoder]:
+    return [SkipTranscoder(d, cfg.width, cfg.k, seed=cfg.seed * 1000 + i) for i in range(n_layers)]
+
+
+def _optimizers(tcs: list[SkipTranscoder], lr: float) -> list[torch.optim.Adam]:
+    return [torch.optim.Adam(tc.parameters(), lr=lr, fused=True) for tc in tcs]
+
+
+def _save(
+    folder: Path,
+    cfg: TrainConfig,
+    st: TrainState,
+    tcs,
+    opts,
+    fits: list[SkipFit] | None,
+    pool: list[list[torch.Tensor]] | None = None,
+) -> None:
+    from hallugraph.attribution.transcoders.io import save_tensors
+
+    ck = folder / "checkpoint"
+    ck.mkdir(parents=True, exist_ok=True)
+    state_file = ck / "state.json"
+    prev = json.loads(state_file.read_text())["slot"] if state_file.exists() else "b"
+    slot = "a" if prev == "b" else "b"
+    (ck / slot).mkdir(exist_ok=True)
+    meta = {"step": str(st.step), "batch": str(st.batch)}
+    n_layers = len(tcs)
+    for i, tc in enumerate(tcs):
+        t = {f"tc.{k}": v for k, v in tc.state_dict().items()}
+        for pid, ps in opts[i].state_dict()["state"].items():
+            for k, v in ps.items():
+                t[f"opt.{pid}.{k}"] = torch.as_tensor(v)
+        if fits is not None:
+            t.update(fits[i].state("fit."))
+            t.update(fits[n_layers + i].state("vfit."))
+        if pool is not None and pool[0]:
+            t["pool.x"], t["pool.y"] = pool[0][i], pool[1][i]
+        save_tensors(ck / slot / f"layer_{i}.safetensors", t, meta)
+    atomic_write_json(state_file, {"slot": slot, "config": cfg.to_dict(), "state": asdict(st)})
+
+
+def _load(
+    folder: Path, cfg: TrainConfig, tcs, opts, fits: list[SkipFit], pool: list[list]
+) -> TrainState:
+    from safetensors import safe_open
+
+    ck = folder / "checkpoint"
+    saved = json.loads((ck / "state.json").read_text())
+    if TrainConfig.from_dict(saved["config"]) != cfg:
+        old = saved["config"]
+        diff = {k: (old.get(k), v) for k, v in cfg.to_dict().items() if old.get(k) != v}
+        raise ValueError(
+            f"{ck} was written with other settings (saved, now): {diff}; use another --out "
+            f"or the same settings"
+        )
+    st = TrainState(**saved["state"])
+    for i, tc in enumerate(tcs):
+        path = ck / saved["slot"] / f"layer_{i}.safetensors"
+        with safe_open(str(path), framework="pt") as f:
+            if f.metadata().get("step") != str(st.step):
+                raise ValueError(f"{path} does not belong to checkpoint step {st.step}")
+            t = {k: f.get_tensor(k) for k in f.keys()}
+        tc.load_state_dict({k[3:]: v for k, v in t.items() if k.startswith("tc.")})
+        tc.invalidate()
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in t.items():
+            if k.startswith("opt."):
+                pid, name = k[4:].split(".", 1)
+                state.setdefault(int(pid), {})[name] = v
+        if state:
+            sd = opts[i].state_dict()
+            opts[i].load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+        if st.phase == "skip":
+            fits[i].load(t, "fit.")
+            fits[len(tcs) + i].load(t, "vfit.")
+            if "pool.x" in t:
+                pool[0].append(t["pool.x"])
+                pool[1].append(t["pool.y"])
+    return st
+
+
+def _sample(pool, ins, outs, cfg: TrainConfig, batch: int) -> None:
+    """Add a few random tokens of this skip-phase batch (the same for every layer) to the
+    prototype pool, up to ``width`` tokens spread over the whole skip phase."""
+    have = int(pool[0][0].shape[0]) if pool[0] else 0
+    per_batch = math.ceil(1.25 * cfg.width * cfg.batch_tokens / cfg.skip_tokens)
+    take = min(per_batch, cfg.width - have, int(ins[0].shape[0]))
+    if take <= 0:
+        return
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + batch)
+    sel = torch.randperm(int(ins[0].shape[0]), generator=g)[:take]
+    for i in range(len(ins)):
+        for j, src in enumerate((ins, outs)):
+            part = src[i][sel]
+            if have:
+                pool[j][i] = torch.cat([pool[j][i], part])
+            elif i == len(pool[j]):
+                pool[j].append(part)
+
+
+def _batch(corpus: Corpus, plan: BatchPlan, i: int) -> list[np.ndarray]:
+    return [corpus.seq(int(j)) for j in plan.batch(i)]
+
+
+def train(
+    lm: LoadedModel,
+    corpus: Corpus,
+    out: str | os.PathLike[str],
+    cfg: TrainConfig,
+    *,
+    tokens: int,
+    time_budget: float | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[SkipTranscoder], TrainState, str]:
+    """Train (or continue) into ``out`` until ``tokens`` sparse-phase tokens in total or
+    ``time_budget`` seconds of this call; returns the layers, the state and why it stopped
+    (``"tokens"`` or ``"time"``). ``lm`` is the model the activations come from (bfloat16 is
+    what the presets use)."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    d, n_layers = int(lm.model.config.hidden_size), int(lm.model.config.num_hidden_layers)
+    tcs = _new_layers(cfg, d, n_layers)
+    opts = _optimizers(tcs, cfg.lr)
+    # normal equations per layer: fits[i] training batches, fits[n_layers + i] validation
+    # batches (every 7th: both pools) that choose the ridge
+    fits = [SkipFit(d, d) for _ in range(2 * n_layers)]
+    # prototype tokens for the data initialization, sampled through the skip phase
+    pool: list[list[torch.Tensor]] = [[], []]
+    resume = (out / "checkpoint" / "state.json").exists()
+    st = _load(out, cfg, tcs, opts, fits, pool) if resume else None
+    st = st or TrainState()
+    plan = BatchPlan(corpus, cfg.batch_tokens, cfg.prompt_share, cfg.seed)
+    pad = lm.tokenizer.pad_token_id or 0
+    start = time.monotonic()
+    stopped = "tokens"
+    since = 0
+
+    def out_of_time() -> bool:
+        return time_budget is not None and time.monotonic() - start >= time_budget
+
+    if st.phase == "skip":
+        bar = tqdm(
+            total=cfg.skip_tokens,
+            initial=st.skip_n,
+            unit="tok",
+            unit_scale=True,
+            desc="skip (least squares)",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        while st.skip_n < cfg.skip_tokens and not out_of_time():
+            t0 = time.monotonic()
+            ins, outs = capture(lm.model, _batch(corpus, plan, st.batch), pad)
+            val = n_layers if st.batch % 7 == 3 else 0
+            for i in range(n_layers):
+                fits[val + i].update(ins[i], outs[i])
+            _sample(pool, ins, outs, cfg, st.batch)
+            st.batch += 1
+            st.skip_n = fits[0].n + fits[n_layers].n
+            st.seconds += time.monotonic() - t0
+            bar.update(int(ins[0].shape[0]))
+            since += 1
+            if since >= cfg.checkpoint_every:
+                _save(out, cfg, st, tcs, opts, fits, pool)
+                since = 0
+        bar.close()
+        if st.skip_n < cfg.skip_tokens:
+            _save(out, cfg, st, tcs, opts, fits, pool)
+            return tcs, st, "time"
+        gen = torch.Generator()
+        for i in range(n_layers):
+            w, b, st.ridges[str(i)] = fit_skip(fits[i], fits[n_layers + i])
+            tcs[i].set_skip(w, b)
+            x, y = pool[0][i], pool[1][i]
+            r = y - tcs[i].skip(x)
+            tcs[i].init_scales(x, r)
+            gen.manual_seed(cfg.seed * 7919 + i)
+            tcs[i].init_from_data(x, r, gen, cfg.enc_init)
+        st.phase = "sparse"
+        _save(out, cfg, st, tcs, opts, None)
+        since = 0
+    gen = torch.Generator()
+    bar = tqdm(
+        total=tokens,
+        initial=min(st.tokens, tokens),
+        unit="tok",
+        unit_scale=True,
+        desc="transcoders",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    try:
+        while st.tokens < tokens:
+            if out_of_time():
+                stopped = "time"
+                break
+            t0 = time.monotonic()
+            ins, outs = capture(lm.model, _batch(corpus, plan, st.batch), pad)
+            n = int(ins[0].shape[0])
+            lr = cfg.lr * min(1.0, (st.step + 1) / cfg.warmup_steps)
+            fvu, l0, dead = [], [], []
+            resampled = 0
+            for i, (tc, opt) in enumerate(zip(tcs, opts, strict=True)):
+                x, y = ins[i], outs[i]
+                r = y - tc.skip(x)
+                gen.manual_seed(cfg.seed * 1_000_003 + st.step * 101 + i)
+                s = tc.train_step(
+                    x,
+                    r,
+                    gen=gen,
+                    tokens_seen=st.tokens,
+                    dead_tokens=cfg.dead_tokens,
+                    k_aux=cfg.k_aux,
+                    aux_coef=cfg.aux_coef,
+                )
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                opt.step()
+                tc.after_step()
+                if cfg.resample_every and (st.step + 1) % cfg.resample_every == 0:
+                    resampled += tc.resample_dead(
+                        x,
+                        r,
+                        tokens_seen=st.tokens + n,
+                        dead_tokens=cfg.dead_tokens,
+                        gen=gen,
+                        opt=opt,
+                    )
+                var_y = float((y.double() - y.double().mean(0)).pow(2).sum())
+                fvu.append(s["sse"] * float(tc.res_scale) ** 2 / max(var_y, 1e-12))
+                l0.append(s["l0"])
+                dead.append(s["dead"])
+                ins[i] = outs[i] = None  # free as we go
+            st.step += 1
+            st.batch += 1
+            st.tokens += n
+            st.seconds += time.monotonic() - t0
+            rec = {
+                "step": st.step,
+                "tokens": st.tokens,
+                "seconds": round(st.seconds, 1),
+                "fvu": float(np.mean(fvu)),
+                "fvu_max": float(np.max(fvu)),
+                "l0": float(np.mean(l0)),
+                "dead": float(np.mean(dead)),
+                "resampled": resampled,
+            }
+            st.history.append(rec)
+            bar.update(min(n, max(tokens - bar.n, 0)))
+            bar.set_postfix(
+                fvu=f"{rec['fvu']:.3f}",
+                max=f"{rec['fvu_max']:.2f}",
+                l0=f"{rec['l0']:.0f}",
+                dead=f"{rec['dead']:.1%}",
+                refresh=False,
+            )
+            if log is not None and st.step % 25 == 0:
+                log(json.dumps(rec))
+            since += 1
+            if since >= cfg.checkpoint_every:
+                _save(out, cfg, st, tcs, opts, None)
+                since = 0
+    finally:
+        bar.close()
+        if since:
+            _save(out, cfg, st, tcs, opts, None)
+    if not math.isfinite(st.history[-1]["fvu"] if st.history else 0.0):
+        raise FloatingPointError("training diverged (FVU is not finite); lower --lr")
+    return tcs, st, stopped
