@@ -101,8 +101,9 @@ def tiny_run(tmp_path_factory, tiny_lm):
 
     from hallugraph.datasets import Example
     from hallugraph.extract import GenerationSettings
+    from hallugraph.io import atomic_write_text
     from hallugraph.pipeline import run_extract
-    from hallugraph.store import MANIFEST, _atomic_write_text, _read_manifest
+    from hallugraph.store import MANIFEST, _read_manifest
 
     out = tmp_path_factory.mktemp("tiny_run")
     ctx = "Arthur's Magazine was an American literary periodical published in Philadelphia."
@@ -123,5 +124,5 @@ def tiny_run(tmp_path_factory, tiny_lm):
     rows = _read_manifest(out)
     for i, r in enumerate(rows):
         r["label"] = i % 2
-    _atomic_write_text(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
     return out

@@ -23,7 +23,8 @@ from hallugraph.evaluate import (
     roc_auc,
     split_groups,
 )
-from hallugraph.store import MANIFEST, _atomic_write_text, _read_manifest
+from hallugraph.io import atomic_write_text
+from hallugraph.store import MANIFEST, _read_manifest
 
 # ---------------------------------------------------------------------------------- splits
 
@@ -298,7 +299,7 @@ def test_unlabeled_run_names_label_command(tiny_run, tmp_path):
     rows = _read_manifest(run)
     for r in rows:
         r.pop("label", None)
-    _atomic_write_text(run / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(run / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match="hallugraph label"):
         evaluate([run], ["perplexity"], out_dir=tmp_path / "e", progress=False)
 
@@ -314,7 +315,7 @@ def test_single_class_test_split_no_crash(tiny_run, tmp_path):
     rows = _read_manifest(run)
     for r in rows:
         r["label"] = 1
-    _atomic_write_text(run / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(run / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
     rep = evaluate([run], ["perplexity"], out_dir=tmp_path / "e", bootstrap=50, progress=False)
     r = rep.results[0]
     assert r["error"] == ""
@@ -415,7 +416,7 @@ def test_unlabelable_traces_are_left_out(tiny_run, tmp_path):
     for r in rows[:4]:
         r.pop("label")
         r["label_rule"], r["label_details"] = "match", {"unlabeled": "no usable reference"}
-    _atomic_write_text(run / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(run / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
     rep = evaluate([run], ["perplexity"], out_dir=tmp_path / "e", bootstrap=0, progress=False)
     assert sum(v["n"] for v in next(iter(rep.splits.values())).values()) == 20
     assert any("4 of 24 traces could not be labeled" in w for w in rep.config["warnings"])

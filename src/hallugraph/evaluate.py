@@ -468,11 +468,6 @@ def _fmt_ci(row: Mapping[str, Any], m: str) -> str:
     return f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
-# Thin alias kept for attribution/viewer.py, which still imports it; the lead removes it at
-# merge. Use hallugraph.io.jsonable.
-_jsonable = jsonable
-
-
 RESULT_COLUMNS = [
     "dataset",
     "detector",

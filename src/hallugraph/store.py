@@ -109,11 +109,6 @@ def mark_pruned(run_dir: str | os.PathLike[str]) -> None:
         write_run_info(Path(run_dir), info)
 
 
-# Thin alias kept for modules owned by others that still import it (attribution/viewer.py,
-# features/groundedness.py); the lead removes it at merge. Use hallugraph.io.
-_atomic_write_text = atomic_write_text
-
-
 def _atomic_save(
     tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str] | None = None
 ) -> None:

@@ -34,7 +34,8 @@ from hallugraph.attribution.transcoders import random_transcoder_set  # noqa: E4
 from hallugraph.cli import main  # noqa: E402
 from hallugraph.features import FeatureTable  # noqa: E402
 from hallugraph.features.groundedness import read_scores, scores_path  # noqa: E402
-from hallugraph.store import MANIFEST, TraceStore, _atomic_write_text, _read_manifest  # noqa: E402
+from hallugraph.io import atomic_write_text  # noqa: E402
+from hallugraph.store import MANIFEST, TraceStore, _read_manifest  # noqa: E402
 
 NODES = 16
 
@@ -228,7 +229,7 @@ def test_groundedness_clear_errors(tiny_run, tiny_ct, tmp_path, capsys, monkeypa
     rows = _read_manifest(run)
     for r in rows:
         r["context_span"] = None
-    _atomic_write_text(run / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(run / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
     assert main(_argv(run, tiny_ct)) == 2
     assert "no trace with a context" in capsys.readouterr().err
     assert not scores_path(run).exists()
