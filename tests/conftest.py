@@ -1,94 +1,15 @@
-"""Shared fixtures: a tiny random Llama with a real (in-test trained) byte-level BPE tokenizer."""
+"""Shared fixtures: a tiny random Llama with a real (in-test trained) byte-level BPE tokenizer
+(built by tiny_models.py) and a labeled run made from it."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-CORPUS = [
-    "Answer the question concisely in one sentence.",
-    "Question: Who was the man behind The Chipmunks? Answer: David Seville.",
-    "Context: Arthur's Magazine was an American literary periodical published in Philadelphia.",
-    "What star sign is Jamie Lee Curtis? Scorpio. Which city is the capital of France? Paris.",
-    "The quick brown fox jumps over the lazy dog, 0123456789.",
-]
-
-
-def make_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(CORPUS * 4, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-    )
-    fast.chat_template = CHATML
-    fast.padding_side = "left"
-    return fast
-
-
-def make_tiny_lm(seed: int = 0, layers: int = 2):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from hallugraph.models import LoadedModel, _fix_special_tokens
-
-    tok = make_tokenizer()
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-        attn_implementation="eager",
-    )
-    model = LlamaForCausalLM(cfg).eval()
-    # a random model with std 0.02 weights has near-uniform attention; make it peakier so the
-    # test would notice misplaced rows
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.mul_(20)
-            layer.self_attn.k_proj.weight.mul_(20)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    _fix_special_tokens(model, tok)
-    return LoadedModel(model, tok, "tiny-llama", "in-test", True)
+from tiny_models import TOY_QUESTIONS, make_tiny_lm
 
 
 @pytest.fixture(scope="session")
 def tiny_lm():
     return make_tiny_lm()
-
-
-TOY_QUESTIONS = [
-    f"{w} question number {i} about {t}?"
-    for i, (w, t) in enumerate(
-        [(w, t) for w in ("Who", "What", "Which", "Where") for t in ("Paris", "the fox", "Scorpio")]
-        * 2
-    )
-]
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_tiny_lm
 from safetensors import safe_open
+from tiny_models import make_tiny_lm
 
 import hallugraph.store as store_mod
 from hallugraph.codec import (

@@ -186,7 +186,7 @@ def test_exact_ties_ordered_as_circuit_tracer(llama_dir, tmp_path):
 
 def test_qwen3_same_graph(tmp_path):
     pytest.importorskip("circuit_tracer")
-    from conftest import make_tokenizer
+    from tiny_models import make_tokenizer
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from hallugraph.attribution.tracer import attribute_tokens

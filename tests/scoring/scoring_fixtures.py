@@ -12,7 +12,7 @@ CONTEXT = "Arthur's Magazine was an American literary periodical published in Ph
 
 
 def toy_examples():
-    from conftest import TOY_QUESTIONS
+    from tiny_models import TOY_QUESTIONS
 
     from hallugraph.datasets import Example
 

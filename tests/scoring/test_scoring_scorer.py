@@ -87,7 +87,7 @@ def test_training_follows_the_evaluation_protocol(env, tiny_lm):
 def test_bundle_round_trip_and_refusals(env, tiny_lm, tmp_path):
     import shutil
 
-    from conftest import make_tiny_lm
+    from tiny_models import make_tiny_lm
 
     scorer = Scorer.load(env.bundle, lm=tiny_lm)
     ex = env.examples[3]
