@@ -12,9 +12,9 @@ ones dense); ``--transcoders DIR`` uses a trained set instead. The comparison is
 engines, not the transcoders.
 
 For each budget of ``--nodes`` (increasing), the engine's seconds and the process's peak RSS so
-far (``ru_maxrss``, in GiB) (the engine runs first, circuit-tracer is loaded only after it), then circuit-tracer at the
-budgets of ``--ct-nodes``. One JSON line per (prompt, budget), a Markdown table, and as the
-last line, for the 64-node budget (else the smallest)::
+far (``ru_maxrss``, in GiB; the engine runs first, circuit-tracer is loaded only after it), then
+circuit-tracer at the budgets of ``--ct-nodes``. One JSON line per (prompt, budget), a Markdown
+table, and as the last line, for the 64-node budget (else the smallest)::
 
     nodes=64 speedup=<ct s / engine s> max_score_diff=<max |Δ| of RS, CS, Gctx>
         engine_s=<s> engine_peak_gb=<GB>                                (one line)
