@@ -277,7 +277,7 @@ def _table(results: list[dict], cpu: str, threads: int) -> None:
 
 
 def _fmt(v: float) -> str:
-    if isinstance(v, float) and (math.isnan(v) or (v != 0 and abs(v) < 1e-3)):
+    if isinstance(v, float) and (math.isnan(v) or (v != 0 and abs(v) < 0.01)):
         return f"{v:.2e}"
     return f"{v:.2f}" if isinstance(v, float) else str(v)
 
