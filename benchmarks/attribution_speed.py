@@ -12,9 +12,9 @@ ones dense); ``--transcoders DIR`` uses a trained set instead. The comparison is
 engines, not the transcoders.
 
 For each budget of ``--nodes`` (increasing), the engine's seconds and the process's peak RSS so
-far (the engine runs first, circuit-tracer is loaded only after it), then circuit-tracer at the
-budgets of ``--ct-nodes``. One JSON line per (prompt, budget), a Markdown table, and as the
-last line, for the 64-node budget (else the smallest)::
+far (``ru_maxrss``, in GiB; the engine runs first, circuit-tracer is loaded only after it), then
+circuit-tracer at the budgets of ``--ct-nodes``. One JSON line per (prompt, budget), a Markdown
+table, and as the last line, for the 64-node budget (else the smallest)::
 
     nodes=64 speedup=<ct s / engine s> max_score_diff=<max |Δ| of RS, CS, Gctx>
         engine_s=<s> engine_peak_gb=<GB>                                (one line)
@@ -277,7 +277,7 @@ def _table(results: list[dict], cpu: str, threads: int) -> None:
 
 
 def _fmt(v: float) -> str:
-    if isinstance(v, float) and (math.isnan(v) or (v != 0 and abs(v) < 1e-3)):
+    if isinstance(v, float) and (math.isnan(v) or (v != 0 and abs(v) < 0.01)):
         return f"{v:.2e}"
     return f"{v:.2f}" if isinstance(v, float) else str(v)
 
