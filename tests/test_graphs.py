@@ -279,8 +279,11 @@ def test_graph_command_bad_index_or_layer(tiny_run, tmp_path, capsys, args, need
 def test_graph_command_on_a_pruned_run(tiny_run, tmp_path, capsys):
     import shutil
 
+    from hallugraph.store import mark_pruned
+
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
+    mark_pruned(run)  # as `stats --prune` does: a shard deleted without it reads as lost
     shutil.rmtree(run / "shards")
     (run / "shards").mkdir()
     rc = main(["graph", str(run), "--index", "0", "--layer", "0", "--png", str(tmp_path / "x.png")])
