@@ -131,6 +131,7 @@ def train_set(
         "stopped": stopped,
         "phase": st.phase,
         "skip_tokens": st.skip_n,
+        "skip_ridges": st.ridges,
         "tokens": st.tokens,
         "steps": st.step,
         "seconds": round(st.seconds, 1),
