@@ -9,6 +9,7 @@ Kept here so that :mod:`hallugraph.cli` only needs two lines per command (regist
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -123,7 +124,12 @@ def add_attribution_parser(sub: Any) -> None:
     p.add_argument("--node-threshold", type=float, default=0.8, help="pruning (viewer, PNG)")
     p.add_argument("--edge-threshold", type=float, default=0.98, help="pruning (viewer, PNG)")
     p.add_argument(
-        "--serve", type=int, default=None, metavar="PORT", help="then serve the viewer on PORT"
+        "--serve",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="then serve circuit-tracer's own frontend on PORT; it loads d3, dagre and other "
+        "scripts from the internet, so it needs a connection (offline: hallugraph view RUN)",
     )
     _add_graph_args(p)
 
@@ -265,6 +271,11 @@ def run_attribution(args: argparse.Namespace) -> int:
     for f in files:
         print(f)
     if args.serve is not None:
+        print(
+            "note: circuit-tracer's frontend loads its scripts from the internet; without a "
+            "connection the page is blank. Offline: hallugraph view RUN",
+            file=sys.stderr,
+        )
         server = serve_viewer(out, args.serve)
         print(f"viewer: http://localhost:{args.serve}/index.html?slug={slug} (Ctrl-C to stop)")
         try:
