@@ -55,7 +55,10 @@ benchmark-table: setup  ## docs/BENCHMARKS.md's detector table: extract, label, 
 	$(BIN)/hallugraph label $(BENCH)/triviaqa $(BENCH)/truthfulqa $(BENCH)/halueval_qa_tf $(BENCH)/halueval_qa
 	$(BIN)/hallugraph evaluate $(BENCH)/triviaqa $(BENCH)/truthfulqa $(BENCH)/halueval_qa_tf $(BENCH)/halueval_qa --out $(BENCH)/eval
 
-transcoders: setup  ## the documented transcoder set for SmolLM2-135M (~2 h on 2 cores; resumable; needs python3.11-doc, dict-gcide)
+transcoders: setup  ## the documented transcoder set for SmolLM2-135M (~2 h on 2 cores; resumable; installs python3.11-doc, dict-gcide)
+	@test -d /usr/share/doc/python3.11/html/_sources -a -f /usr/share/dictd/gcide.dict.dz \
+	  || (apt-get update -qq && apt-get install -y -qq python3.11-doc dict-gcide) \
+	  || { echo "the training text needs Debian's python3.11-doc and dict-gcide: apt-get install python3.11-doc dict-gcide"; exit 1; }
 	$(BIN)/hallugraph transcoders train --preset smollm2-135m-2h $(ARGS)
 
 bench: setup        ## extraction speed and bytes against the seed script's approach
