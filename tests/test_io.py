@@ -36,3 +36,14 @@ def test_clean_tmp(tmp_path):
     removed = io.clean_tmp(tmp_path)
     assert [r.name for r in removed] == [".x.json.1.0.tmp"]
     assert [p.name for p in tmp_path.iterdir()] == ["keep.json"]
+
+
+def test_atomic_write_safetensors_round_trip_and_no_tmp(tmp_path):
+    from safetensors.numpy import load_file
+
+    p = tmp_path / "a.safetensors"
+    arrays = {"x": np.arange(6, dtype=np.float16).reshape(2, 3), "y": np.array([1, 2])}
+    io.atomic_write_safetensors(p, arrays, {"k": "v"})
+    back = load_file(str(p))
+    assert set(back) == {"x", "y"} and np.array_equal(back["x"], arrays["x"])
+    assert list(tmp_path.iterdir()) == [p]

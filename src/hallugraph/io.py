@@ -23,6 +23,7 @@ __all__ = [
     "TMP_GLOB",
     "atomic_write_bytes",
     "atomic_write_json",
+    "atomic_write_safetensors",
     "atomic_write_text",
     "clean_tmp",
     "jsonable",
@@ -45,6 +46,29 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def atomic_write_safetensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """numpy arrays as a safetensors file, atomically like :func:`atomic_write_bytes`, but
+    streamed by ``safetensors`` to the temporary file instead of serialized in memory first (a
+    shard of several GB would otherwise be held twice)."""
+    from safetensors.numpy import save_file
+
+    target = Path(path)
+    tmp = _tmp_name(target)
+    try:
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata) if metadata else None)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:

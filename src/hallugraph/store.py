@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save
 
 from hallugraph.integrity import (
     ALGORITHM,
@@ -47,7 +46,7 @@ from hallugraph.integrity import (
     array_digest,
     row_digest,
 )
-from hallugraph.io import atomic_write_bytes, atomic_write_text, clean_tmp
+from hallugraph.io import atomic_write_safetensors, atomic_write_text, clean_tmp
 
 MANIFEST = "manifest.jsonl"
 RUN_INFO = "run.json"
@@ -112,7 +111,7 @@ def mark_pruned(run_dir: str | os.PathLike[str]) -> None:
 def _atomic_save(
     tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str] | None = None
 ) -> None:
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    atomic_write_safetensors(path, tensors, metadata)
 
 
 def read_json_file(path: Path) -> dict[str, Any]:
