@@ -57,6 +57,7 @@ from hallugraph.attribution.engine.model import frozen_forward
 from hallugraph.attribution.scores import scores_from_graph
 from hallugraph.attribution.tracer import attribution_tokens
 from hallugraph.attribution.transcoders import write_transcoder_set
+from hallugraph.config import cpu_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attribution_cost import closest_halueval_prompts  # noqa: E402
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     budgets = sorted({int(x) for x in args.nodes.split(",") if x.strip()})
     ct_budgets = sorted({int(x) for x in args.ct_nodes.split(",") if x.strip()})
     lm = load_model(args.model, device="cpu", dtype="float32")
-    cpu = _cpu_name()
+    cpu = cpu_name()
     prompts = []
     for p in closest_halueval_prompts(lm, args.prompt_tokens, args.examples):
         ids, shift = attribution_tokens(lm.tokenizer, p.prompt_ids)
@@ -250,16 +251,6 @@ def _source(model: str) -> str:
     from hallugraph.models import resolve_source
 
     return resolve_source(model)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def _table(results: list[dict], cpu: str, threads: int) -> None:

@@ -22,12 +22,12 @@ Target: ratio <= 1.5 for lookback_lens and the logit baselines. The last line is
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
 
+from hallugraph.config import cpu_name
 from hallugraph.datasets import load_halueval_qa_teacher_forced
 from hallugraph.detectors import all_detectors
 from hallugraph.extract import prepare
@@ -36,16 +36,6 @@ from hallugraph.scoring import Scorer
 from hallugraph.store import TraceStore
 
 FAST = {"charm": {"epochs": 10}}
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="ascii", errors="ignore"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

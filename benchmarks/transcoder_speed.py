@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import platform
 import time
 from pathlib import Path
 
@@ -27,17 +26,8 @@ from hallugraph.attribution.transcoders.corpus import BatchPlan, build_corpus
 from hallugraph.attribution.transcoders.legacy import LegacyTranscoder, legacy_step
 from hallugraph.attribution.transcoders.model import SkipFit, SkipTranscoder
 from hallugraph.attribution.transcoders.train import capture
+from hallugraph.config import cpu_name
 from hallugraph.models import load_model
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> None:
@@ -52,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     amx = "amx_bf16" in flags
-    print(f"CPU: {_cpu()} (AMX-BF16: {'yes' if amx else 'no'}), torch threads {args.threads}")
+    print(f"CPU: {cpu_name()} (AMX-BF16: {'yes' if amx else 'no'}), torch threads {args.threads}")
 
     lm16 = load_model(args.model, dtype="bfloat16", device="cpu", attn_implementation="sdpa")
     corpus = build_corpus(lm16)

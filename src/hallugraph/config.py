@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,3 +34,15 @@ def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
         if candidate.is_dir():
             return candidate
     return _REPO_ROOT.parent / "shared" / "data"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for the figures benchmarks and run manifests
+    record; ``platform``'s guess where that file does not exist."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="ignore").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

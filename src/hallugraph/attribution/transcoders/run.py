@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from hallugraph.attribution.transcoders.io import (
     write_transcoder_set,
 )
 from hallugraph.attribution.transcoders.train import TrainConfig, train
+from hallugraph.config import cpu_name
 from hallugraph.models import model_slug
 
 __all__ = ["SKIP_FILE", "eval_set", "git_commit", "train_set"]
@@ -46,16 +46,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return sha + ("+dirty" if dirty else "")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _skip_bias(folder: Path, n_layers: int) -> list[torch.Tensor] | None:
@@ -136,7 +126,7 @@ def train_set(
         "steps": st.step,
         "seconds": round(st.seconds, 1),
         "tokens_per_s": round(st.tokens / st.seconds, 1) if st.seconds else None,
-        "cpu": _cpu(),
+        "cpu": cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "git_commit": commit,
         "corpus": corpus.info,
