@@ -31,7 +31,7 @@ from hallugraph.models import load_model
 
 def closest_halueval_prompts(lm, prompt_tokens: int, n: int = 1) -> list:
     """The ``n`` HaluEval-QA prompts (training side of the benchmark split, as
-    :func:`~hallugraph.extract.prepare` renders them) whose token counts are closest to
+    :func:`~hallugraph.extract.inputs` renders them) whose token counts are closest to
     ``prompt_tokens``."""
     preps = prepare(lm, halueval_train_questions())
     return sorted(preps, key=lambda p: abs(len(p.prompt_ids) - prompt_tokens))[:n]

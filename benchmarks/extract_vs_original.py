@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hallugraph.datasets import load_dataset
-from hallugraph.decoding import PrefixDecoder
+from hallugraph.data import load_dataset
 from hallugraph.extract import GenerationSettings, iter_batches, prepare
-from hallugraph.extract import _eos_ids as eos_ids
-from hallugraph.extract import _left_pad as left_pad
+from hallugraph.extract.capture import _left_pad as left_pad
+from hallugraph.extract.capture import eos_ids as eos_ids
+from hallugraph.extract.decoding import PrefixDecoder
 from hallugraph.models import load_model
 from hallugraph.pipeline import prefix_tokens, run_extract
 from hallugraph.store import TraceStore

@@ -4,7 +4,7 @@
 For each trace (``--run RUN --indices I,J``: traces of a run with a context, e.g. HaluEval-QA;
 default: the ``--examples`` HaluEval-QA training-side prompts closest to ``--prompt-tokens``,
 answered with their reference answer, as ``attribution_cost.py`` picks them) and each budget,
-times what the command does per trace (:func:`hallugraph.attribution.groundedness.score_trace`:
+times what the command does per trace (:func:`hallugraph.attribution.run.score_trace`:
 attribution + scoring) and prints one JSON line: seconds, the extra peak RSS of the call and
 the process's peak RSS, the ratio of seconds to the largest budget's, Gctx / RS / CS and their
 absolute change against the largest budget, then a Markdown table. Budgets run in increasing
@@ -32,15 +32,11 @@ from pathlib import Path
 
 import torch
 
-from hallugraph.attribution.groundedness import (
-    AttributionSettings,
-    context_rows,
-    model_dir_of,
-    score_trace,
-)
+from hallugraph.attribution.run import AttributionSettings, context_rows, score_trace
+from hallugraph.attribution.settings import model_dir_of
 from hallugraph.attribution.tracer import load_replacement_model
 from hallugraph.attribution.transcoders import random_transcoder_set
-from hallugraph.evaluate import PeakRSS
+from hallugraph.evaluation import PeakRSS
 from hallugraph.store import TraceStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -13,7 +13,7 @@ $PY -m hallugraph train lookback_lens runs/tf36 --out detectors/lookback
 echo "== 3 records (the first 3 teacher-forced HaluEval-QA answers)"
 $PY - <<'PYEOF'
 import json
-from hallugraph.datasets import load_halueval_qa_teacher_forced
+from hallugraph.data import load_halueval_qa_teacher_forced
 with open("in3.jsonl", "w") as f:
     for e in load_halueval_qa_teacher_forced(num_samples=3):
         f.write(json.dumps({"id": e.id, "question": e.question, "answer": e.answer, "context": e.context}) + "\n")

@@ -28,7 +28,7 @@ import time
 import torch
 
 from hallugraph.config import cpu_name
-from hallugraph.datasets import load_halueval_qa_teacher_forced
+from hallugraph.data import load_halueval_qa_teacher_forced
 from hallugraph.detectors import all_detectors
 from hallugraph.extract import prepare
 from hallugraph.models import load_model

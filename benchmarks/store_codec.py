@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from extract_vs_original import baseline_record_bytes  # benchmarks/ is on sys.path
 
-from hallugraph.codec import Predictor, decode_trace, ordered_int
 from hallugraph.models import load_model
 from hallugraph.store import TraceStore, TraceWriter, pack_tril
+from hallugraph.store.codec import Predictor, decode_trace, ordered_int
 
 DERIVED = ("model_id", "generation")  # added by TraceStore from run.json, not in the manifest
 

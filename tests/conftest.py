@@ -20,11 +20,11 @@ def tiny_run(tmp_path_factory, tiny_lm):
     """
     import json
 
-    from hallugraph.datasets import Example
+    from hallugraph.data import Example
     from hallugraph.extract import GenerationSettings
     from hallugraph.io import atomic_write_text
     from hallugraph.pipeline import run_extract
-    from hallugraph.store import MANIFEST, _read_manifest
+    from hallugraph.store.layout import MANIFEST, _read_manifest
 
     out = tmp_path_factory.mktemp("tiny_run")
     ctx = "Arthur's Magazine was an American literary periodical published in Philadelphia."

@@ -66,7 +66,7 @@ def test_incremental_with_beams_is_refused(tmp_path, capsys):
 
 
 def test_resume_with_changed_arguments_keeps_the_run(tmp_path, capsys, tiny_lm):
-    from hallugraph.datasets import Example
+    from hallugraph.data import Example
     from hallugraph.extract import GenerationSettings
     from hallugraph.pipeline import run_extract
 
@@ -137,7 +137,7 @@ def test_flipped_shard_fails_stats_evaluate_and_verify_naming_it(tiny_run, tmp_p
 def test_evaluate_exits_nonzero_when_a_requested_detector_failed_everywhere(
     tiny_run, tmp_path, capsys, monkeypatch
 ):
-    import hallugraph.evaluate as ev
+    import hallugraph.evaluation.protocol as ev
     from hallugraph.detectors import Detector
 
     class Boom(Detector):
@@ -150,8 +150,8 @@ def test_evaluate_exits_nonzero_when_a_requested_detector_failed_everywhere(
         def predict_proba(self, X):
             raise AssertionError
 
-    real = ev._registry
-    monkeypatch.setattr(ev, "_registry", lambda: {**real(), "boom": Boom})
+    real = ev.all_detectors
+    monkeypatch.setattr(ev, "all_detectors", lambda: {**real(), "boom": Boom})
     out = tmp_path / "e"
     argv = ["evaluate", str(tiny_run), "--out", str(out), "--bootstrap", "0", "--no-progress"]
     assert main([*argv, "--detectors", "perplexity,boom"]) == 1

@@ -9,8 +9,12 @@ import pytest
 from safetensors import safe_open
 from tiny_models import make_tiny_lm
 
-import hallugraph.store as store_mod
-from hallugraph.codec import (
+import hallugraph.store.writer as store_mod
+from hallugraph.data import Example
+from hallugraph.extract import GenerationSettings
+from hallugraph.pipeline import run_extract
+from hallugraph.store import StoreError, TraceStore, TraceWriter, pack_tril
+from hallugraph.store.codec import (
     Predictor,
     as_predictor,
     bytes_to_residuals,
@@ -20,10 +24,6 @@ from hallugraph.codec import (
     ordered_int,
     residuals_to_bytes,
 )
-from hallugraph.datasets import Example
-from hallugraph.extract import GenerationSettings
-from hallugraph.pipeline import run_extract
-from hallugraph.store import StoreError, TraceStore, TraceWriter, pack_tril
 
 QUESTIONS = [f"{w} question {i} about the fox?" for i, w in enumerate(["Who", "What", "Which"] * 2)]
 

@@ -12,19 +12,12 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from hallugraph.detectors import Detector
-from hallugraph.evaluate import (
-    EvalReport,
-    PeakRSS,
-    average_precision,
-    bootstrap_indices,
-    choose_threshold,
-    evaluate,
-    metrics_with_ci,
-    roc_auc,
-    split_groups,
-)
+from hallugraph.evaluation import EvalReport, PeakRSS, evaluate
+from hallugraph.evaluation.bootstrap import bootstrap_indices, metrics_with_ci
 from hallugraph.io import atomic_write_text
-from hallugraph.store import MANIFEST, _read_manifest
+from hallugraph.metrics import average_precision, choose_threshold, roc_auc
+from hallugraph.splits import split_groups
+from hallugraph.store.layout import MANIFEST, _read_manifest
 
 # ---------------------------------------------------------------------------------- splits
 
@@ -352,7 +345,8 @@ def test_peak_rss_sees_a_temporary_allocation():
 
 
 def test_length_matched_auroc_ignores_what_length_explains():
-    from hallugraph.evaluate import bootstrap_indices, length_matched_auroc, roc_auc
+    from hallugraph.evaluation.bootstrap import bootstrap_indices, length_matched_auroc
+    from hallugraph.metrics import roc_auc
 
     y = np.array([1, 1, 1, 0, 0, 0])
     lengths = np.array([10, 20, 21, 3, 10, 4])
@@ -423,7 +417,7 @@ def test_unlabelable_traces_are_left_out(tiny_run, tmp_path):
 
 
 def test_a_damaged_shard_stops_evaluate_naming_it(tiny_run, tmp_path):
-    from hallugraph.integrity import IntegrityError
+    from hallugraph.store.integrity import IntegrityError
 
     run = tmp_path / "damaged"
     shutil.copytree(tiny_run, run)

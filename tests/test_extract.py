@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hallugraph.datasets import Example
+from hallugraph.data import Example
 from hallugraph.extract import GenerationSettings, capture_batch, prepare, shared_prefix_len
 from hallugraph.pipeline import run_extract
 from hallugraph.store import TraceStore
@@ -212,7 +212,7 @@ def test_shared_prefix_is_common_prompt_start(tiny_lm):
 def test_decoder_skips_padding_and_finished_rows(tiny_lm, tmp_path, monkeypatch):
     """One batch of 7 with early stops: the decoder computes only real, unfinished rows (left
     padding and finished sequences still in the batch are skipped), and traces stay exact."""
-    from hallugraph import decoding
+    from hallugraph.extract import decoding
 
     exs = examples()
     eos = _eos_mid_sequence(tiny_lm, exs)

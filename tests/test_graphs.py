@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from hallugraph.cli import main
-from hallugraph.graphs import ROLE_IDS, ROLES, build_graph, token_roles
+from hallugraph.graphs.graph import build_graph
+from hallugraph.graphs.roles import ROLE_IDS, ROLES, token_roles
 from hallugraph.store import TraceStore
 
 # Layer 1 of the hand-built trace: two heads, dyadic weights (exact in binary).

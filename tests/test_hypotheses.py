@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from hallugraph.cli import main
-from hallugraph.features import FeatureTable
-from hallugraph.hypotheses import (
+from hallugraph.evaluation.hypotheses import (
     adjust_pvalues,
     cliffs_delta,
     cohens_d,
@@ -21,6 +20,7 @@ from hallugraph.hypotheses import (
     run_hypothesis,
     verdict,
 )
+from hallugraph.features import FeatureTable
 
 
 def test_cliffs_delta_and_cohens_d_by_hand():

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from hallugraph.features import compute_stats
-from hallugraph.integrity import IntegrityError, array_digest, row_digest, verify_run
-from hallugraph.store import MANIFEST, RUN_INFO, TraceStore
+from hallugraph.features.verify import verify_run
+from hallugraph.store import TraceStore
+from hallugraph.store.integrity import IntegrityError, array_digest, row_digest
+from hallugraph.store.layout import MANIFEST, RUN_INFO
 
 
 def flip_data_bytes(path, n=64, at=0.5):

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from hallugraph.datasets import Example
+from hallugraph.data import Example
 from hallugraph.extract import GenerationSettings
-from hallugraph.pipeline import estimate_trace_bytes, run_extract, shard_chunks
+from hallugraph.pipeline import run_extract
 from hallugraph.store import TraceStore
+from hallugraph.store.sizing import estimate_trace_bytes, shard_chunks
 
 ANSWERS = ["Paris", "It is Paris, the capital of France", "Lyon", "no idea at all here", "x"]
 

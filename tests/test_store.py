@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-import hallugraph.store as store_mod
-from hallugraph.datasets import Example
+import hallugraph.store.writer as store_mod
+from hallugraph.data import Example
 from hallugraph.extract import GenerationSettings
 from hallugraph.pipeline import run_extract
 from hallugraph.store import StoreError, TraceStore, TraceWriter, pack_tril, tril_size, unpack_tril
@@ -226,7 +226,7 @@ def test_resume_redoes_the_traces_of_a_damaged_shard(tiny_lm, tmp_path, fault):
     summary = _run(tiny_lm, run)
     assert list(summary.redone) == [shard.name] and summary.processed == 2
     assert summary.total == 7
-    from hallugraph.integrity import verify_run
+    from hallugraph.features.verify import verify_run
 
     assert verify_run(run).ok
     # the redone traces are the same traces, in a shard of their own
@@ -246,7 +246,7 @@ def test_resume_of_a_pruned_run_redoes_a_shard_whose_statistics_are_lost(tiny_lm
     summary = _run(tiny_lm, run, keep_tensors=False)
     assert list(summary.redone) == [lost.name] and summary.processed == 2
     assert summary.total == 7 and (run / "stats" / "logit" / summary.shards_written[0]).exists()
-    from hallugraph.integrity import verify_run
+    from hallugraph.features.verify import verify_run
 
     assert verify_run(run).ok
 
@@ -323,7 +323,7 @@ def test_kill_between_shared_file_and_its_checksum_is_recovered(tiny_lm, tmp_pat
     monkeypatch.setattr(store_mod, "write_run_info", real)
     _run(tiny_lm, tmp_path)
     assert json.loads((tmp_path / "run.json").read_text())["shared_checksums"]
-    from hallugraph.integrity import verify_run
+    from hallugraph.features.verify import verify_run
 
     assert verify_run(tmp_path).ok
 
@@ -341,7 +341,7 @@ def test_errors_file_is_rewritten_whole(tiny_lm, tmp_path, monkeypatch):
 
 
 def test_an_older_run_without_checksums_can_be_resumed(tiny_lm, tmp_path):
-    from hallugraph.integrity import verify_run
+    from hallugraph.features.verify import verify_run
 
     def extract(n):
         return run_extract(

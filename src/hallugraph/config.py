@@ -6,6 +6,8 @@ import os
 import platform
 from pathlib import Path
 
+__version__ = "0.1.0"
+
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

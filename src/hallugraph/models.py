@@ -213,12 +213,3 @@ def _fix_special_tokens(model: Any, tokenizer: Any) -> None:
     if gen.pad_token_id is None:
         gen.pad_token_id = tokenizer.pad_token_id
     tokenizer.padding_side = "left"
-
-
-def render_prompt(lm: LoadedModel, user_text: str) -> str:
-    """The text fed to the model: the user message inside the chat template when there is one."""
-    if lm.use_chat_template:
-        return lm.tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
-        )
-    return user_text

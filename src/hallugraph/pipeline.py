@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from hallugraph.datasets import DATASETS, Example, load_dataset
+from hallugraph.data import DATASETS, Example, load_dataset
 from hallugraph.extract import (
     GenerationSettings,
     Prepared,
@@ -23,6 +23,7 @@ from hallugraph.extract import (
     prepare,
     shared_prefix_len,
 )
+from hallugraph.extract.plan import prompt_problems
 from hallugraph.models import HF_NAMES, LoadedModel, load_model, model_slug
 from hallugraph.store import (
     StoreError,
@@ -30,8 +31,8 @@ from hallugraph.store import (
     TraceWriter,
     check_codec,
     check_out_dir,
-    tril_size,
 )
+from hallugraph.store.sizing import estimate_trace_bytes, shard_chunks
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def run_extract(
     every registered statistic is computed for each shard as soon as it is written, and the
     shard's raw tensors are deleted (the manifest and the statistics stay).
     ``codec="predictive"`` stores fp16 tensors losslessly as residuals of the model's own
-    layer-by-layer prediction (:mod:`hallugraph.codec`; reading needs the model).
+    layer-by-layer prediction (:mod:`hallugraph.store.codec`; reading needs the model).
 
     Before any model compute, every prompt is checked against the model's context window
     (prompt + answer tokens, the answer counted as ``max_new_tokens`` when generated) and
@@ -186,7 +187,7 @@ def run_extract(
     cfg = lm.model.config
     predictor = None
     if codec == "predictive":
-        from hallugraph.codec import Predictor
+        from hallugraph.store.codec import Predictor
 
         predictor = Predictor(lm)
     run_info = {
@@ -221,13 +222,13 @@ def run_extract(
     )
     redone: dict[str, str] = {}
     if writer.rows:  # a resumed run: find shards lost or damaged since, and redo their traces
-        from hallugraph.features import all_statistics
+        from hallugraph.features import all_statistics, cache_problem
 
         # a pruned run: the statistics computed for it (a statistic added by a later version
         # has no folder yet and is not a reason to redo anything)
         stats_dir = Path(out) / "stats"
         computed = [n for n in all_statistics() if (stats_dir / n).is_dir()]
-        redone = writer.damaged_shards([] if keep_tensors else computed)
+        redone = writer.damaged_shards([] if keep_tensors else computed, cache_problem)
         for shard, problem in redone.items():
             log.warning("damaged shard %s (%s): its traces are extracted again", shard, problem)
         writer.drop_shards(list(redone))
@@ -300,80 +301,6 @@ def run_extract(
         error_messages=writer.error_messages,
         redone=redone,
     )
-
-
-def context_window(lm: LoadedModel) -> int | None:
-    """The model's maximum sequence length (``max_position_embeddings``), when it has one."""
-    n = getattr(lm.model.config, "max_position_embeddings", None)
-    return int(n) if n else None
-
-
-def prompt_problems(
-    lm: LoadedModel,
-    prepared: Sequence[Prepared],
-    max_new_tokens: int,
-    max_prompt_tokens: int | None = None,
-) -> dict[str, str]:
-    """``{example id: why}`` for the examples whose prompt is longer than ``max_prompt_tokens``
-    or whose prompt + answer (given, else ``max_new_tokens``) passes the context window.
-    Tokenized lengths only: no model compute."""
-    window = context_window(lm)
-    out: dict[str, str] = {}
-    for p in prepared:
-        n = len(p.prompt_ids)
-        answer = len(p.answer_ids) if p.answer_ids is not None else max_new_tokens
-        if max_prompt_tokens is not None and n > max_prompt_tokens:
-            out[p.example.id] = (
-                f"prompt of {n} tokens is over --max-prompt-tokens {max_prompt_tokens} by "
-                f"{n - max_prompt_tokens}"
-            )
-        elif window is not None and n + answer > window:
-            what = "given answer" if p.answer_ids is not None else "--max-new-tokens"
-            out[p.example.id] = (
-                f"prompt of {n} tokens + {answer} ({what}) is over the model's context window "
-                f"of {window} by {n + answer - window}"
-            )
-    return out
-
-
-def estimate_trace_bytes(
-    seq_len: int,
-    prefix_len: int,
-    num_layers: int,
-    num_heads: int,
-    hidden: int,
-    itemsize: int = 2,
-) -> int:
-    """Bytes of one stored trace of ``seq_len`` tokens whose first ``prefix_len`` rows (the
-    prompt prefix shared by the run) are stored once per run: hidden states of the other rows
-    for every layer output, and the lower triangle of those rows' attention maps."""
-    f = max(0, min(prefix_len, seq_len))
-    att_cells = tril_size(seq_len) - tril_size(f)
-    return itemsize * (
-        (num_layers + 1) * (seq_len - f) * hidden + num_layers * num_heads * att_cells
-    )
-
-
-def shard_chunks(
-    items: Sequence[Any], shard_size: int, size_of: Any, max_bytes: int | None
-) -> list[list[Any]]:
-    """Consecutive chunks of ``items``: at most ``shard_size`` each and, when ``max_bytes`` is
-    set, at most ``max_bytes`` of ``size_of(item)`` in total (but never empty)."""
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
-    chunks: list[list[Any]] = []
-    cur: list[Any] = []
-    total = 0
-    for it in items:
-        b = size_of(it) if max_bytes is not None else 0
-        if cur and (len(cur) >= shard_size or (max_bytes is not None and total + b > max_bytes)):
-            chunks.append(cur)
-            cur, total = [], 0
-        cur.append(it)
-        total += b
-    if cur:
-        chunks.append(cur)
-    return chunks
 
 
 def _prune(run_dir: Path, shard: str) -> None:

@@ -18,8 +18,8 @@ import torch
 
 pytest.importorskip("circuit_tracer")
 
-from hallugraph.attribution import groundedness as gmod  # noqa: E402
-from hallugraph.attribution.groundedness import (  # noqa: E402
+from hallugraph.attribution import run as gmod  # noqa: E402
+from hallugraph.attribution.run import (  # noqa: E402
     AttributionSettings,
     answer_offsets,
     score_run,
@@ -35,7 +35,8 @@ from hallugraph.cli import main  # noqa: E402
 from hallugraph.features import FeatureTable  # noqa: E402
 from hallugraph.features.groundedness import read_scores, scores_path  # noqa: E402
 from hallugraph.io import atomic_write_text  # noqa: E402
-from hallugraph.store import MANIFEST, TraceStore, _read_manifest  # noqa: E402
+from hallugraph.store import TraceStore
+from hallugraph.store.layout import MANIFEST, _read_manifest
 
 NODES = 16
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from hallugraph.attribution.engine import AttributionEngine
-from hallugraph.attribution.groundedness import AttributionSettings, score_trace
+from hallugraph.attribution.run import AttributionSettings, score_trace
 from hallugraph.attribution.transcoders import random_transcoder_set
 from hallugraph.features.groundedness import read_scores
 from hallugraph.store import TraceStore

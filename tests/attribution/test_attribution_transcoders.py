@@ -384,7 +384,7 @@ def test_training_text_outside_benchmark_and_eval(tiny_lm):
 
     if not (data_dir() / "triviaqa").is_dir() or not (data_dir() / "halueval_qa").is_dir():
         pytest.skip("shared benchmark data not available")
-    from hallugraph.datasets import load_triviaqa
+    from hallugraph.data import load_triviaqa
 
     train = prompt_texts(tiny_lm)
     tqa = load_triviaqa()

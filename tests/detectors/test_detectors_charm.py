@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from hallugraph.detectors import all_detectors, get_detector
-from hallugraph.detectors.charm import GraphArrays
+from hallugraph.detectors.charm_net import GraphArrays
 from hallugraph.features import FeatureTable
 from hallugraph.features.charm import NODE_ANSWER, NODE_META, NODE_PROMPT
 
@@ -119,7 +119,7 @@ def test_batch_builds_the_disjoint_union():
 def test_conv_is_the_mean_of_edge_messages():
     """One CHARM convolution against a hand-written loop: mean over incoming edges of
     MLP([x_j, e_ji]), then MLP([x_i, m_i]); nodes without incoming edges get m = 0."""
-    from hallugraph.detectors.charm import charm_model_class
+    from hallugraph.detectors.charm_net import charm_model_class
 
     torch.manual_seed(0)
     net = charm_model_class()(3, 0, 2, 4, 1, 0.0)

@@ -115,7 +115,7 @@ def test_unscored_and_partly_scored_runs(tiny_run, tmp_path):
 
 
 def test_evaluate_skips_unscored_runs(tiny_run, tmp_path):
-    from hallugraph.evaluate import evaluate
+    from hallugraph.evaluation import evaluate
 
     unscored, scored = tmp_path / "unscored", tmp_path / "scored"
     shutil.copytree(tiny_run, unscored)

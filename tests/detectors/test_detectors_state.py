@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load, save
 
-from hallugraph.detectors import Detector, all_detectors, get_detector
-from hallugraph.detectors._state import StateError, decode, encode
+from hallugraph.detectors import Detector, all_detectors, detector_from_state, get_detector
+from hallugraph.detectors.state import StateError, decode, encode
 from hallugraph.features import FeatureTable, all_statistics, compute_stats
 from hallugraph.scoring.trace import StatTable
 
@@ -65,7 +65,7 @@ def test_save_load_predicts_the_same(table, name, params):
     assert back.fitted_attributes() == det.fitted_attributes()
     after = back.predict_proba(X)
     np.testing.assert_array_equal(after, before)  # bit-equal
-    again = Detector.from_state(*det.get_state())
+    again = detector_from_state(*det.get_state())
     np.testing.assert_array_equal(again.predict_proba(X), before)
 
 

@@ -16,7 +16,7 @@ from hallugraph.features.topology import (
     pagerank_dag,
     topology_features,
 )
-from hallugraph.graphs import build_graph
+from hallugraph.graphs.graph import build_graph
 from hallugraph.store import TraceStore
 
 CTX, PROMPT, PR, INDEG, CLUST, ENT = range(6)

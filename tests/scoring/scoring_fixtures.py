@@ -14,7 +14,7 @@ CONTEXT = "Arthur's Magazine was an American literary periodical published in Ph
 def toy_examples():
     from tiny_models import TOY_QUESTIONS
 
-    from hallugraph.datasets import Example
+    from hallugraph.data import Example
 
     out = []
     for i, q in enumerate(TOY_QUESTIONS):

@@ -10,10 +10,11 @@ import pytest
 from scoring_fixtures import scoring_env  # noqa: F401 - fixture
 
 from hallugraph.detectors import all_detectors
-from hallugraph.evaluate import choose_threshold, split_groups
 from hallugraph.features import FeatureTable
+from hallugraph.metrics import choose_threshold
 from hallugraph.scoring import BundleError, Scorer, ScoringError
 from hallugraph.scoring.bundle import DETECTOR_JSON, WEIGHTS
+from hallugraph.splits import split_groups
 from hallugraph.store import TraceStore
 
 FAST = {"charm": {"epochs": 3, "n_seeds": 1}, "saplma_mlp": {"max_iter": 30}}

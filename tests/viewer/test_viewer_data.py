@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hallugraph.features.attention import context_columns, lookback_ratio
-from hallugraph.graphs import build_graph
+from hallugraph.graphs.graph import build_graph
 from hallugraph.store import TraceStore
 from hallugraph.viewer.attribution import GraphFormatError, read_attribution_graph
 from hallugraph.viewer.data import RunView, lookback_per_token, top_sources

@@ -11,7 +11,7 @@ from them.
 * :mod:`~hallugraph.attribution.tracer`: loading a circuit-tracer ``ReplacementModel`` (nnsight
   backend) and attributing a prompt (``--engine circuit-tracer``, the cross-check); needs the
   optional extra ``attribution``.
-* :mod:`~hallugraph.attribution.groundedness`: Gctx / RS / CS of every trace of a run with a
+* :mod:`~hallugraph.attribution.run`: Gctx / RS / CS of every trace of a run with a
   context, stored beside the run (``hallugraph groundedness RUN``, resumable).
 * :mod:`~hallugraph.attribution.viewer`: one trace's graph as circuit-tracer's viewer JSON (no
   pickle), a PNG, the local viewer (``hallugraph attribution RUN --index I``).

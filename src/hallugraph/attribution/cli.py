@@ -1,6 +1,6 @@
 """The attribution command lines: ``hallugraph transcoders {train,eval}``
 (:mod:`~hallugraph.attribution.transcoders`), ``hallugraph groundedness RUN``
-(:mod:`~hallugraph.attribution.groundedness`) and ``hallugraph attribution RUN --index I``
+(:mod:`~hallugraph.attribution.run`) and ``hallugraph attribution RUN --index I``
 (:mod:`~hallugraph.attribution.viewer`).
 
 Kept here so that :mod:`hallugraph.cli` only needs two lines per command (register, dispatch).
@@ -135,7 +135,7 @@ def add_attribution_parser(sub: Any) -> None:
 
 
 def _settings(args: argparse.Namespace, targets: str = "first") -> Any:
-    from hallugraph.attribution.groundedness import AttributionSettings
+    from hallugraph.attribution.run import AttributionSettings
 
     return AttributionSettings(
         max_feature_nodes=args.max_feature_nodes if args.max_feature_nodes > 0 else None,
@@ -162,7 +162,7 @@ def run_groundedness(args: argparse.Namespace) -> int:
 
     import torch
 
-    from hallugraph.attribution.groundedness import score_run
+    from hallugraph.attribution.run import score_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -194,7 +194,7 @@ def run_attribution(args: argparse.Namespace) -> int:
 
     import torch
 
-    from hallugraph.attribution.groundedness import load_for_run, resolve_transcoders
+    from hallugraph.attribution.run import load_for_run, resolve_transcoders
     from hallugraph.attribution.viewer import (
         attribute_trace,
         draw_attribution_graph,

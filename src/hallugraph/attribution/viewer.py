@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from hallugraph.attribution.engine.prune import prune_graph
-from hallugraph.attribution.groundedness import AttributionSettings, attribute_answer_token
+from hallugraph.attribution.run import AttributionSettings, attribute_answer_token
 from hallugraph.attribution.scores import GraphLayout, scores_from_graph
 from hallugraph.io import atomic_write_json
 
@@ -171,7 +171,7 @@ def draw_attribution_graph(
     from matplotlib.colors import to_rgba
     from matplotlib.lines import Line2D
 
-    from hallugraph.graphs import ROLE_COLORS, _printable
+    from hallugraph.graphs.draw import ROLE_COLORS, printable
 
     lay = GraphLayout.from_graph(graph)
     pruned = prune_graph(graph, node_threshold, edge_threshold)
@@ -245,7 +245,7 @@ def draw_attribution_graph(
         ax.scatter(np.arange(n_pos), np.zeros(n_pos), marker="s", s=30, c=tok_colors, zorder=3)
         strings = list(token_strings) if token_strings is not None else [""] * n_pos
         for p in range(n_pos):
-            label = _printable(str(strings[p]) if p < len(strings) else "") or "∅"
+            label = printable(str(strings[p]) if p < len(strings) else "") or "∅"
             ax.text(
                 p,
                 -0.4,
@@ -264,7 +264,7 @@ def draw_attribution_graph(
             ax.text(
                 x,
                 y + 0.35,
-                f"{_printable(t.token_str)!s} (p={prob:.2f})",
+                f"{printable(t.token_str)!s} (p={prob:.2f})",
                 ha="center",
                 va="bottom",
                 fontsize=8,

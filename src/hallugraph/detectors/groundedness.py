@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from hallugraph.detectors import Detector, NotApplicable, register
+from hallugraph.detectors.base import Detector, NotApplicable, register
 from hallugraph.features import FeatureTable
 
 __all__ = [
@@ -105,11 +105,11 @@ def fit_groundedness(
     """Choose α (grid, default 0, 0.05, …, 1) and T on validation data (``y``: 1 = hallucinated).
 
     For each α the threshold is the one of maximal balanced accuracy
-    (:func:`hallugraph.evaluate.choose_threshold` on the hallucination score −G); the α with
+    (:func:`hallugraph.metrics.choose_threshold` on the hallucination score −G); the α with
     the best balanced accuracy wins (ties: the smallest α). NaN scores (an empty graph) count
     as G = 0, i.e. ungrounded.
     """
-    from hallugraph.evaluate import balanced_accuracy, choose_threshold
+    from hallugraph.metrics import balanced_accuracy, choose_threshold
 
     y_arr = np.asarray(y, dtype=np.int64).reshape(-1)
     if len(np.unique(y_arr)) < 2:

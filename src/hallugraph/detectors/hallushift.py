@@ -29,7 +29,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
-from hallugraph.detectors import Detector, register
+from hallugraph.detectors.base import Detector, register
 from hallugraph.features import FeatureTable
 
 

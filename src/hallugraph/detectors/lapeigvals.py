@@ -26,7 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from hallugraph.detectors import Detector, register
+from hallugraph.detectors.base import Detector, register
 from hallugraph.detectors.probes import fit_quiet
 from hallugraph.features import FeatureTable
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hallugraph.detectors import Detector, register
+from hallugraph.detectors.base import Detector, register
 from hallugraph.detectors.probes import fit_quiet, lr_pipeline, select_scalar
 from hallugraph.features import FeatureTable
 

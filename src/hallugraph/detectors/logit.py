@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hallugraph.detectors import Detector, register
+from hallugraph.detectors.base import Detector, register
 from hallugraph.features import FeatureTable
 
 # column of the "logit" statistic, sign so that higher = more hallucinated

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from hallugraph.detectors import Detector, register
+from hallugraph.detectors.base import Detector, register
 from hallugraph.detectors.probes import fit_quiet
 from hallugraph.features import FeatureTable
 

@@ -28,7 +28,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from hallugraph.detectors import Detector, register
+from hallugraph.detectors.base import Detector, register
 from hallugraph.features import FeatureTable
 
 _POOLS = {"last": "hidden_last", "mean": "hidden_mean"}

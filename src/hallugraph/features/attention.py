@@ -75,7 +75,7 @@ from typing import Any
 
 import numpy as np
 
-from hallugraph.features import Statistic, register
+from hallugraph.features.base import Statistic, register
 
 LAPEIG_K = 100
 """Default number of Laplacian eigenvalues kept per layer and head."""

@@ -75,7 +75,7 @@ from typing import Any
 
 import numpy as np
 
-from hallugraph.features import Statistic, register
+from hallugraph.features.base import Statistic, register
 
 THRESHOLD = 0.05
 """CHARM's attention threshold (``attention_threshold: 0.05`` in the reference's configs)."""

@@ -1,5 +1,5 @@
 """Attribution-graph scores of each trace (Gctx, RS, CS), as stored by ``hallugraph
-groundedness RUN`` (:mod:`hallugraph.attribution.groundedness`), read as a statistic.
+groundedness RUN`` (:mod:`hallugraph.attribution.run`), read as a statistic.
 
 The scores live beside the run, not in its traces, in ``RUN/attribution/groundedness.json``::
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from hallugraph.features import Statistic, register
+from hallugraph.features.base import Statistic, register
 from hallugraph.io import atomic_write_text
 from hallugraph.store import TraceStore
 

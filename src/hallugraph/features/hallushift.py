@@ -79,7 +79,7 @@ from typing import Any
 
 import numpy as np
 
-from hallugraph.features import Statistic, register
+from hallugraph.features.base import Statistic, register
 
 PROB_FEATURES = (
     "min_max_prob",

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from hallugraph.features import Statistic, register
+from hallugraph.features.base import Statistic, register
 from hallugraph.features.logits import answer_content
 
 LLMCHECK_ALPHA = 1e-3

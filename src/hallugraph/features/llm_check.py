@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hallugraph.features import Statistic, register
+from hallugraph.features.base import Statistic, register
 from hallugraph.features.hidden import answer_positions
 
 ATTN_FLOOR = 1e-8

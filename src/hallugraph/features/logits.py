@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from hallugraph.features import Statistic, register
+from hallugraph.features.base import Statistic, register
 
 
 def answer_content(trace: Mapping[str, Any]) -> slice:

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from hallugraph.features import Statistic, register
+from hallugraph.features.base import Statistic, register
 
 TOPOLOGY_FEATURES: tuple[str, ...] = (
     "context_share",

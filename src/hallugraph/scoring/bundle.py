@@ -44,10 +44,10 @@ def versions() -> dict[str, str]:
     import sklearn
     import torch
 
-    import hallugraph
+    from hallugraph.config import __version__
 
     return {
-        "hallugraph": hallugraph.__version__,
+        "hallugraph": __version__,
         "scikit-learn": sklearn.__version__,
         "torch": torch.__version__.split("+")[0],
         "numpy": np.__version__,
@@ -144,8 +144,8 @@ def load_bundle(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
     weights' checksum."""
     from safetensors.numpy import load
 
-    from hallugraph.detectors import Detector
-    from hallugraph.detectors._state import StateError
+    from hallugraph.detectors import detector_from_state
+    from hallugraph.detectors.state import StateError
 
     p = Path(path)
     meta = read_meta(p)
@@ -162,7 +162,7 @@ def load_bundle(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
         )
     try:
         arrays = load(data)
-        det = Detector.from_state(arrays, meta["detector"]["state"])
+        det = detector_from_state(arrays, meta["detector"]["state"])
     except (StateError, KeyError, TypeError, ValueError) as err:
         raise BundleError(f"{p}: the detector cannot be restored ({err})") from err
     return det, meta

@@ -8,10 +8,10 @@
     v = scorer.score(question=q, answer=a, context=ctx)      # the given answer, teacher-forced
     v.hallucination_score, v.hallucinated, v.threshold
 
-**Training** (:meth:`Scorer.train`) follows :func:`hallugraph.evaluate.evaluate`'s protocol on
-each run: the 60/20/20 split by question (:func:`~hallugraph.evaluate.split_groups`, same seed),
+**Training** (:meth:`Scorer.train`) follows :func:`hallugraph.evaluation.evaluate`'s protocol on
+each run: the 60/20/20 split by question (:func:`~hallugraph.splits.split_groups`, same seed),
 the detector fitted on the train split, the threshold that maximizes balanced accuracy on the
-validation split (:func:`~hallugraph.evaluate.choose_threshold`), the validation AUROC of that
+validation split (:func:`~hallugraph.metrics.choose_threshold`), the validation AUROC of that
 fit. Then (``refit=True``, the default) the detector is fitted again on train + validation and
 keeps that threshold; ``refit=False`` keeps the train-only fit, the very detector of the
 benchmark's table. The test split is never used for fitting; its AUROC is reported.
@@ -39,14 +39,11 @@ from hallugraph.io import jsonable
 from hallugraph.scoring.bundle import BundleError, load_bundle, save_bundle
 from hallugraph.scoring.tokens import TokenScore, token_scores
 from hallugraph.scoring.trace import StatTable, assemble, fields_of, trace_statistics
+from hallugraph.scoring.training import ScoringError
 
 DEFAULT_MAX_TOKENS = 2048
 """Longest prompt + answer scored by default: the attention maps of one answer take
 ``layers x heads x S^2`` floats (30 x 9 x 2048^2 x 4 bytes = 4.5 GB for SmolLM2 at 2048)."""
-
-
-class ScoringError(ValueError):
-    """The input cannot be scored as given (empty answer, missing context, too long...)."""
 
 
 @dataclass
@@ -73,12 +70,12 @@ class Verdict:
 
 
 def model_fingerprint(model: Any) -> str:
-    """Fingerprint of a model's weights: :func:`hallugraph.codec.weights_fingerprint` (the one
+    """Fingerprint of a model's weights: :func:`hallugraph.store.codec.weights_fingerprint` (the one
     run.json's predictive codec records), extended with the output head when it is not tied to
     the embeddings; a blake2b of every parameter for models the codec does not support."""
     import torch
 
-    from hallugraph.codec import weights_fingerprint
+    from hallugraph.store.predictor import weights_fingerprint
 
     hf = getattr(model, "model", model)  # LoadedModel -> the transformers model
     h = hashlib.blake2b(digest_size=16)
@@ -235,7 +232,7 @@ class Scorer:
     # ------------------------------------------------------------------ scoring
 
     def _example(self, question: Any, answer: Any, context: Any, key: str, generate: bool):
-        from hallugraph.datasets import Example
+        from hallugraph.data import Example
 
         q = _check_text(question, "question", True)
         a = None if generate else _check_text(answer, "answer", True)
@@ -373,16 +370,6 @@ class Scorer:
         meta["detector"] = {k: det[k] for k in ("name", "family", "paper", "params") if k in det}
         meta["threshold"] = self.threshold
         return meta
-
-
-def check_scorable(detector: Any) -> None:
-    """Refuse detectors whose statistics need more than the trace (attribution scores)."""
-    if getattr(detector, "family", "") == "attribution":
-        raise ScoringError(
-            f"detector {detector.name!r} reads attribution-graph scores, which exist only for a "
-            "run's traces (hallugraph groundedness RUN), minutes per answer: it cannot score a "
-            "new answer. Use it through hallugraph evaluate"
-        )
 
 
 __all__ = ["Scorer", "ScoringError", "TokenScore", "Verdict", "BundleError", "model_fingerprint"]

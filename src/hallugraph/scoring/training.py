@@ -1,6 +1,6 @@
 """Fit a detector on labeled runs for deployment (:meth:`hallugraph.Scorer.train`).
 
-Each run is split as :func:`hallugraph.evaluate.evaluate` splits it (60/20/20 by question,
+Each run is split as :func:`hallugraph.evaluation.evaluate` splits it (60/20/20 by question,
 stratified by label, same seed); the detector is fitted on the train splits of all runs
 together, the threshold chosen on their validation splits (maximal balanced accuracy), and,
 with ``refit``, the detector fitted again on train + validation with that threshold kept.
@@ -21,8 +21,22 @@ from hallugraph.scoring.bundle import statistic_versions
 _SAME = ("model", "model_dtype", "dtype", "num_layers", "num_heads", "hidden_size")
 
 
+class ScoringError(ValueError):
+    """The input cannot be scored as given (empty answer, missing context, too long...)."""
+
+
+def check_scorable(detector: Any) -> None:
+    """Refuse detectors whose statistics need more than the trace (attribution scores)."""
+    if getattr(detector, "family", "") == "attribution":
+        raise ScoringError(
+            f"detector {detector.name!r} reads attribution-graph scores, which exist only for a "
+            "run's traces (hallugraph groundedness RUN), minutes per answer: it cannot score a "
+            "new answer. Use it through hallugraph evaluate"
+        )
+
+
 def _auroc(y: np.ndarray, s: np.ndarray) -> float | None:
-    from hallugraph.evaluate import roc_auc
+    from hallugraph.metrics import roc_auc
 
     if len(y) == 0 or len(np.unique(y)) < 2:
         return None
@@ -39,7 +53,7 @@ def _context_of(rows: Sequence[Mapping[str, Any]], path: Path) -> bool:
 def _prefix_tokens(path: Path, info: Mapping[str, Any]) -> list[int]:
     from safetensors import safe_open
 
-    from hallugraph.store import SHARED
+    from hallugraph.store.layout import SHARED
 
     if not int(info.get("prefix_len", 0)) or not (path / SHARED).exists():
         return []
@@ -59,9 +73,9 @@ def fit_on_runs(
     """``(fitted detector, bundle metadata)``; raises ``ValueError`` naming the run or the
     detector when the runs cannot train it."""
     from hallugraph.detectors import get_detector
-    from hallugraph.evaluate import choose_threshold, split_groups
     from hallugraph.features import FeatureTable
-    from hallugraph.scoring.scorer import check_scorable
+    from hallugraph.metrics import choose_threshold
+    from hallugraph.splits import split_groups
 
     if not runs:
         raise ValueError("no runs to train on")
@@ -154,7 +168,7 @@ def fit_on_runs(
         "threshold_rule": "max balanced accuracy on the validation split"
         + (f" ({note})" if note else ""),
         "fit": {
-            "protocol": "split 60/20/20 by question per run (hallugraph.evaluate.split_groups)",
+            "protocol": "split 60/20/20 by question per run (hallugraph.splits.split_groups)",
             "frac": list(frac),
             "seed": seed,
             "fitted_on": "train+val" if refit and len(va) else "train",

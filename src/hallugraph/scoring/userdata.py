@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hallugraph.datasets import DatasetError, Example, load_custom
+from hallugraph.data import DatasetError, Example, load_custom
 
 _TRUE = {"1", "true", "yes", "hallucinated"}
 _FALSE = {"0", "false", "no", "correct"}

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from hallugraph.graphs import ROLES, build_graph, token_roles
+from hallugraph.graphs.graph import build_graph
+from hallugraph.graphs.roles import ROLES, token_roles
 from hallugraph.store import TraceStore
 
 __all__ = ["RunView", "lookback_per_token", "top_sources"]
@@ -317,8 +318,9 @@ class RunView:
         if self._roc is not None:
             return self._roc
         from hallugraph.detectors import all_detectors
-        from hallugraph.evaluate import roc_auc, split_groups
         from hallugraph.features import FeatureTable
+        from hallugraph.metrics import roc_auc
+        from hallugraph.splits import split_groups
 
         evals = self.evaluations()
         result: dict[str, Any] = {"detectors": [], "note": ""}

@@ -42,7 +42,8 @@ import numpy as np
 
 from hallugraph.config import cache_dir
 from hallugraph.io import atomic_write_bytes
-from hallugraph.models import LoadedModel, model_slug, render_prompt
+from hallugraph.models import LoadedModel, model_slug
+from hallugraph.prompts import render_prompt
 
 __all__ = [
     "GENERAL_SOURCES",
@@ -68,13 +69,13 @@ _CORPUS_VERSION = 1
 
 def halueval_train_questions(data_dir: str | os.PathLike[str] | None = None, seed: int = 0):
     """HaluEval questions in the training side of the benchmark's grouped split of
-    ``halueval_qa_tf`` (:func:`hallugraph.evaluate.split_groups`, given labels, ``seed``)."""
+    ``halueval_qa_tf`` (:func:`hallugraph.splits.split_groups`, given labels, ``seed``)."""
     return _halueval_sides(data_dir, seed)[0]
 
 
 def _halueval_sides(data_dir, seed: int = 0):
-    from hallugraph.datasets import load_halueval_qa, load_halueval_qa_teacher_forced
-    from hallugraph.evaluate import split_groups
+    from hallugraph.data import load_halueval_qa, load_halueval_qa_teacher_forced
+    from hallugraph.splits import split_groups
 
     tf = load_halueval_qa_teacher_forced(data_dir)
     groups = np.array([ex.meta["group"] for ex in tf])
@@ -86,7 +87,7 @@ def _halueval_sides(data_dir, seed: int = 0):
 
 
 def _with_answer(lm: LoadedModel, ex: Any, answer: str) -> str:
-    from hallugraph.datasets import build_prompt
+    from hallugraph.prompts import build_prompt
 
     prompt = render_prompt(lm, build_prompt(ex)[0])
     eos = lm.tokenizer.eos_token if lm.use_chat_template and lm.tokenizer.eos_token else ""
@@ -96,7 +97,7 @@ def _with_answer(lm: LoadedModel, ex: Any, answer: str) -> str:
 
 def prompt_texts(lm: LoadedModel, data_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """The ``prompts`` pool (see the module docstring)."""
-    from hallugraph.datasets import load_triviaqa
+    from hallugraph.data import load_triviaqa
 
     texts = [
         _with_answer(lm, ex, ex.references[0] if ex.references else "")
@@ -113,7 +114,7 @@ def eval_texts(
 ) -> dict[str, list[str]]:
     """Held-out texts by set: ``halueval_qa`` (context + question + answer, right and
     hallucinated) and ``triviaqa`` (prompt + reference answer)."""
-    from hallugraph.datasets import load_triviaqa
+    from hallugraph.data import load_triviaqa
 
     held = _halueval_sides(data_dir)[1]
     halu: list[str] = []

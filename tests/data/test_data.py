@@ -1,4 +1,4 @@
-"""Tests of hallugraph.datasets: built-in loaders, custom files, prompts, errors."""
+"""Tests of hallugraph.data: built-in loaders, custom files, prompts, errors."""
 
 from __future__ import annotations
 
@@ -9,16 +9,8 @@ from pathlib import Path
 import pytest
 
 from hallugraph.config import data_dir
-from hallugraph.datasets import (
-    CONTEXT_TEMPLATE,
-    DATASETS,
-    DEFAULT_TEMPLATE,
-    DatasetError,
-    Example,
-    build_prompt,
-    load_dataset,
-    parse_columns,
-)
+from hallugraph.data import DATASETS, DatasetError, Example, load_dataset, parse_columns
+from hallugraph.prompts import CONTEXT_TEMPLATE, DEFAULT_TEMPLATE, build_prompt
 
 SHARED = data_dir()
 EXPECTED = {"triviaqa": 11313, "truthfulqa": 817, "halueval_qa": 500}

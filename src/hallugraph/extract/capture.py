@@ -22,15 +22,15 @@ Two capture modes give the same photo (tests check both against an independent f
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from hallugraph.datasets import Example, build_prompt
-from hallugraph.decoding import PrefixDecoder, supports, token_stats
-from hallugraph.models import LoadedModel, render_prompt
+from hallugraph.extract.decoding import PrefixDecoder, supports, token_stats
+from hallugraph.extract.inputs import Prepared, eos_ids
+from hallugraph.models import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -61,18 +61,6 @@ class GenerationSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class Prepared:
-    """One example turned into model input."""
-
-    example: Example
-    prompt: str
-    prompt_ids: list[int]
-    context_span: tuple[int, int] | None
-    answer_ids: list[int] | None = None
-    """Given answer tokens (teacher-forced), ``None`` when the model generates."""
 
 
 @dataclass
@@ -115,53 +103,6 @@ def pack_rows(attn: torch.Tensor, start: int = 0) -> torch.Tensor:
     return attn[..., r[keep], c[keep]]
 
 
-def prepare(
-    lm: LoadedModel, examples: Sequence[Example], template: str | None = None
-) -> list[Prepared]:
-    """Render prompts, tokenize them and locate the context's token span."""
-    tok = lm.tokenizer
-    add_special = not lm.use_chat_template
-    out = []
-    for ex in examples:
-        user_text, ctx_chars = build_prompt(ex, template)
-        prompt = render_prompt(lm, user_text)
-        enc = tok(prompt, add_special_tokens=add_special, return_offsets_mapping=True)
-        ids = list(enc["input_ids"])
-        span = None
-        if ctx_chars is not None:
-            base = prompt.find(user_text)
-            cs, ce = base + ctx_chars[0], base + ctx_chars[1]
-            inside = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if e > cs and s < ce]
-            if inside:
-                span = (inside[0], inside[-1] + 1)
-        answer_ids = None
-        if ex.answer is not None:
-            answer_ids = list(tok(ex.answer, add_special_tokens=False)["input_ids"])
-            if tok.eos_token_id is not None:
-                answer_ids.append(int(_eos_ids(lm)[0]))
-        out.append(Prepared(ex, prompt, ids, span, answer_ids))
-    return out
-
-
-def shared_prefix_len(prepared: Sequence[Prepared]) -> int:
-    """Length of the token prefix common to every prompt (the chat header and instruction)."""
-    if not prepared:
-        return 0
-    first = prepared[0].prompt_ids
-    n = min(len(p.prompt_ids) for p in prepared)
-    k = 0
-    while k < n and all(p.prompt_ids[k] == first[k] for p in prepared):
-        k += 1
-    return k
-
-
-def _eos_ids(lm: LoadedModel) -> list[int]:
-    eos = lm.model.generation_config.eos_token_id
-    if eos is None:
-        eos = lm.tokenizer.eos_token_id
-    return list(eos) if isinstance(eos, (list, tuple)) else [int(eos)]
-
-
 def _cut_at_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], bool]:
     for i, t in enumerate(tokens):
         if t in eos:
@@ -194,7 +135,7 @@ def _generate(lm: LoadedModel, batch: Sequence[Prepared], gs: GenerationSettings
         num_beams=gs.num_beams,
         return_dict_in_generate=True,
         pad_token_id=lm.tokenizer.pad_token_id,
-        eos_token_id=_eos_ids(lm),
+        eos_token_id=eos_ids(lm),
         temperature=None,
         top_p=None,
         top_k=None,
@@ -214,7 +155,7 @@ def _capture_incremental(
     P = ids.shape[1]
     gen = out.sequences[:, P:]
     T = gen.shape[1]
-    eos = set(_eos_ids(lm))
+    eos = set(eos_ids(lm))
     answers = [_cut_at_eos(gen[b].tolist(), eos) for b in range(len(batch))]
     # Feed the last chosen token once more: its row is the only one generation never computed
     # for sequences that were still running at the last step.
@@ -342,7 +283,7 @@ def _capture_decoder(
         decoded = dec.decode(
             [p.prompt_ids for p in batch],
             gs.max_new_tokens,
-            _eos_ids(lm),
+            eos_ids(lm),
             lm.tokenizer.pad_token_id,
         )
         finished = [d.finished for d in decoded]
@@ -386,7 +327,7 @@ def capture_batch(
     if any(len(b.prompt_ids) <= p or b.prompt_ids[:p] != list(prefix) for b in batch):
         prefix = ()
     if all(forced):
-        answers = [_cut_at_eos(list(p.answer_ids or []), set(_eos_ids(lm))) for p in batch]
+        answers = [_cut_at_eos(list(p.answer_ids or []), set(eos_ids(lm))) for p in batch]
         if use_ours:
             return _capture_decoder(lm, batch, gs, prefix, answers, "given")
         return _capture_forward(lm, batch, answers, "given")
@@ -395,15 +336,8 @@ def capture_batch(
             return _capture_decoder(lm, batch, gs, prefix)
         return _capture_incremental(lm, batch, gs)
     ids, _, out = _generate(lm, batch, gs, capture=False)
-    eos = set(_eos_ids(lm))
+    eos = set(eos_ids(lm))
     answers = [_cut_at_eos(s[ids.shape[1] :].tolist(), eos) for s in out.sequences]
     if use_ours:
         return _capture_decoder(lm, batch, gs, prefix, answers, "generated")
     return _capture_forward(lm, batch, answers, "generated")
-
-
-def iter_batches(prepared: Sequence[Prepared], batch_size: int) -> Iterator[list[Prepared]]:
-    """Batches of similar prompt length (less padding); the caller restores the order."""
-    order = sorted(range(len(prepared)), key=lambda i: len(prepared[i].prompt_ids))
-    for k in range(0, len(order), batch_size):
-        yield [prepared[i] for i in order[k : k + batch_size]]

@@ -1,0 +1,93 @@
+"""Command line: ``hallugraph {extract,info,verify,label,stats,evaluate,graph,hypothesis,
+transcoders,groundedness,attribution,run}`` (also ``python -m hallugraph``).
+
+Exit codes: 0 success; 1 the command ran but produced no result (every example failed, a
+detector failed on every run, a run failed ``verify``); 2 bad input or a damaged run (the
+message names the file or the argument); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from hallugraph.cli.commands import (
+    cmd_evaluate,
+    cmd_extract,
+    cmd_graph,
+    cmd_hypothesis,
+    cmd_info,
+    cmd_label,
+    cmd_run,
+    cmd_stats,
+    cmd_verify,
+)
+from hallugraph.cli.parser import build_parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
+    from hallugraph.data import DatasetError
+    from hallugraph.models import ModelError
+    from hallugraph.store import StoreError
+
+    try:
+        if getattr(args, "scoring", None):  # train / score / serve
+            return args.scoring(args)
+        if args.command == "extract":
+            from hallugraph.data import parse_columns
+
+            columns = parse_columns(args.columns) if args.columns else None
+            return cmd_extract(args, args.dataset, args.out, columns)
+        if args.command == "info":
+            return cmd_info(args.run)
+        if args.command == "verify":
+            return cmd_verify(args.runs)
+        if args.command == "label":
+            return cmd_label(args.runs, args.method, args.spot_check)
+        if args.command == "stats":
+            return cmd_stats(args.runs, args.prune, not args.no_progress)
+        if args.command == "evaluate":
+            return cmd_evaluate(args, args.runs, args.out)
+        if args.command == "graph":
+            return cmd_graph(args)
+        if args.command == "hypothesis":
+            return cmd_hypothesis(args)
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "transcoders":
+            from hallugraph.attribution.cli import run_transcoders
+
+            return run_transcoders(args)
+        if args.command == "groundedness":
+            from hallugraph.attribution.cli import run_groundedness
+
+            return run_groundedness(args)
+        if args.command == "attribution":
+            from hallugraph.attribution.cli import run_attribution
+
+            return run_attribution(args)
+        if args.command == "view":
+            return args.view_func(args)
+    except (DatasetError, ModelError, StoreError, ValueError) as err:
+        print(f"hallugraph: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "hallugraph: interrupted; what was completed is kept (written atomically), re-run "
+            "the same command to resume",
+            file=sys.stderr,
+        )
+        if args.command in ("groundedness", "attribution"):
+            # circuit-tracer / nnsight leave native threads behind that abort the interpreter's
+            # shutdown ("terminate called without an active exception"); everything is on disk
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        return 130
+    return 0

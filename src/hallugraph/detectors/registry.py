@@ -1,0 +1,42 @@
+"""The detectors by name: one import line per built-in detector module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hallugraph.detectors.base import DETECTORS, Detector
+
+
+def _load_builtin() -> None:
+    # one line per detector module
+    from hallugraph.detectors import (  # noqa: F401
+        charm,
+        groundedness,
+        hallushift,
+        lapeigvals,
+        llm_check,
+        logit,
+        lookback,
+        probes,
+        topology,
+    )
+
+
+def get_detector(name: str, **params: Any) -> Detector:
+    _load_builtin()
+    if name not in DETECTORS:
+        raise KeyError(f"unknown detector {name!r}; known: {', '.join(sorted(DETECTORS))}")
+    return DETECTORS[name](**params)
+
+
+def all_detectors() -> dict[str, type[Detector]]:
+    _load_builtin()
+    return dict(DETECTORS)
+
+
+def detector_from_state(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Detector:
+    """A new detector of the registered class ``meta["detector"]`` with the state saved by
+    :meth:`Detector.get_state`."""
+    return get_detector(str(meta.get("detector"))).set_state(arrays, meta)

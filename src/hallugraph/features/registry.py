@@ -1,0 +1,37 @@
+"""The statistics by name: the built-in families (one import line per module) and any registered by
+modules already imported."""
+
+from __future__ import annotations
+
+import logging
+
+from hallugraph.features.base import STATISTICS, Statistic
+
+log = logging.getLogger(__name__)
+
+
+def _load_builtin() -> None:
+    # importing the modules registers their statistics
+    from hallugraph.features import (  # noqa: F401
+        attention,
+        charm,
+        groundedness,
+        hallushift,
+        hidden,
+        llm_check,
+        logits,
+        topology,
+    )
+
+
+def get_statistic(name: str) -> Statistic:
+    _load_builtin()
+    if name not in STATISTICS:
+        raise KeyError(f"unknown statistic {name!r}; known: {', '.join(sorted(STATISTICS))}")
+    return STATISTICS[name]()
+
+
+def all_statistics() -> list[str]:
+    """Names of every registered statistic."""
+    _load_builtin()
+    return sorted(STATISTICS)
