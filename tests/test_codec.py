@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 from safetensors import safe_open
-from tiny_models import make_tiny_lm
+from tiny_models import make_tiny_lm, toy_examples
 
 import hallugraph.store.writer as store_mod
-from hallugraph.data import Example
 from hallugraph.extract import GenerationSettings
 from hallugraph.pipeline import run_extract
 from hallugraph.store import StoreError, TraceStore, TraceWriter, pack_tril
@@ -29,7 +28,7 @@ QUESTIONS = [f"{w} question {i} about the fox?" for i, w in enumerate(["Who", "W
 
 
 def toy():
-    return [Example(id=f"c{i}", question=q, references=()) for i, q in enumerate(QUESTIONS)]
+    return toy_examples(QUESTIONS, "c")
 
 
 def extract(lm, out, codec="fp16", **kw):

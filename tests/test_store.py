@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from tiny_models import toy_examples
 
 import hallugraph.store.writer as store_mod
-from hallugraph.data import Example
 from hallugraph.extract import GenerationSettings
 from hallugraph.pipeline import run_extract
 from hallugraph.store import StoreError, TraceStore, TraceWriter, pack_tril, tril_size, unpack_tril
@@ -17,7 +17,7 @@ QUESTIONS = [f"Question number {i} about Paris?" for i in range(7)]
 
 
 def toy(n=7):
-    return [Example(id=f"t{i}", question=q, references=()) for i, q in enumerate(QUESTIONS[:n])]
+    return toy_examples(QUESTIONS[:n], "t")
 
 
 def fake_trace(rng, S, L=2, heads=3, H=4, tokens=None):
