@@ -30,8 +30,11 @@ def example():
     DETECTORS.pop("answer_words", None)
 
 
-def test_the_example_is_short():
-    assert len(EXAMPLE.read_text().splitlines()) <= 50
+def test_the_example_is_short_and_the_readme_shows_it():
+    text = EXAMPLE.read_text()
+    assert len(text.splitlines()) <= 50
+    code = text.split('"""\n\n', 1)[1]  # after the module docstring
+    assert code in (EXAMPLE.parents[1] / "README.md").read_text()
 
 
 def test_the_example_detector_runs_like_a_builtin(example, tiny_run, tmp_path):
