@@ -53,6 +53,10 @@ __all__ = ["AttributionEngine", "logit_targets"]
 
 log = logging.getLogger(__name__)
 
+#: the last queue's rows are computed for the selected columns only when the budget is at most
+#: 1 / _NARROW_BELOW of the active features (else the full rows cost about as much)
+_NARROW_BELOW = 4
+
 
 def logit_targets(
     logits: torch.Tensor,
@@ -83,16 +87,18 @@ def logit_targets(
 
 
 class _Clock:
-    """Seconds per phase (``clock("name")`` adds the time since the last call)."""
+    """Wall and CPU seconds per phase (``clock("name")`` adds the time since the last call)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
-        self._t = time.perf_counter()
+        self.cpu_seconds: dict[str, float] = {}
+        self._t, self._c = time.perf_counter(), time.process_time()
 
     def __call__(self, name: str) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         self.seconds[name] = self.seconds.get(name, 0.0) + now - self._t
-        self._t = now
+        self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + cpu - self._c
+        self._t, self._c = now, cpu
 
 
 class AttributionEngine:
@@ -108,7 +114,9 @@ class AttributionEngine:
         self.weights = linear_weights(model)
         self.cfg = GraphConfig.from_hf(model.config)
         self.last_timings: dict[str, float] = {}
-        """Seconds per phase of the last :meth:`attribute` call."""
+        """Wall seconds per phase of the last :meth:`attribute` call."""
+        self.last_cpu_timings: dict[str, float] = {}
+        """CPU seconds (``time.process_time``) per phase of the last :meth:`attribute` call."""
         if transcoders.n_layers != self.weights.n_layers:
             raise ValueError(
                 f"{transcoders.path}: {transcoders.n_layers} transcoders for a model with "
@@ -204,6 +212,7 @@ class AttributionEngine:
         visited = torch.zeros(n_active, dtype=torch.bool)
         n_visited = 0
         bar = tqdm(total=budget, desc="feature rows", unit="row", disable=not verbose)
+        extra = None
         while n_visited < budget:
             if budget == n_active:
                 pending = torch.arange(n_active)
@@ -213,16 +222,21 @@ class AttributionEngine:
                 size = min(update_interval * batch_size, budget - n_visited)
                 pending = rank[~visited[rank]][:size]
                 clock("ranking")
-            self._rows(prep, cache, store, pending, chunk_size)
-            clock("feature_rows")
             visited[pending] = True
             n_visited += len(pending)
+            if n_visited == budget and budget * _NARROW_BELOW <= n_active:
+                # the last queue: nothing ranks these rows, the graph keeps only the
+                # selected features' columns of them
+                extra = self._rows(prep, cache, None, pending, chunk_size, torch.where(visited)[0])
+            else:
+                self._rows(prep, cache, store, pending, chunk_size)
+            clock("feature_rows")
             bar.update(len(pending))
         bar.close()
         selected = torch.where(visited)[0]
-        adjacency = store.assemble(selected, n_logits)
+        adjacency = store.assemble(selected, n_logits, extra)
         clock("assemble")
-        self.last_timings = clock.seconds
+        self.last_timings, self.last_cpu_timings = clock.seconds, clock.cpu_seconds
         log.info("attribution done in %.2f s: %s", time.perf_counter() - t0, clock.seconds)
         return AttributionGraph(
             input_string=self.tokenizer.decode(ids),
@@ -238,10 +252,23 @@ class AttributionEngine:
             scan=tc.scan,
         )
 
-    def _rows(self, prep, cache, store: RowStore, pending: torch.Tensor, chunk: int) -> None:
-        """Compute and store the rows of the features ``pending`` (sorted by layer, position)."""
+    def _rows(
+        self,
+        prep,
+        cache,
+        store: RowStore | None,
+        pending: torch.Tensor,
+        chunk: int,
+        columns: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Compute the rows of the features ``pending`` (sorted by layer, position) and add
+        them to ``store``; with ``columns`` (and no store), return ``(nodes, feats [R,
+        len(columns)], et)`` for those columns only."""
+        if store is not None:
+            prep.keep_decoders()  # full rows, read chunk after chunk
         key = prep.feat_layer[pending] * (prep.n_pos + 1) + prep.feat_pos[pending]
         pending = pending[torch.argsort(key, descending=True, stable=True)]
+        out = []
         for s in range(0, len(pending), chunk):
             idx = pending[s : s + chunk]
             lay, pos = prep.feat_layer[idx], prep.feat_pos[idx]
@@ -253,5 +280,12 @@ class AttributionEngine:
                 lay,
                 pos,
                 encoder_rows(prep, self.transcoders, idx),
+                columns,
             )
-            store.add(lay, idx, torch.full((len(idx),), -1), feats, et)
+            if store is None:
+                out.append((idx, feats, et))
+            else:
+                store.add(lay, idx, torch.full((len(idx),), -1), feats, et)
+        if store is not None:
+            return None
+        return tuple(torch.cat(parts) for parts in zip(*out, strict=True))  # type: ignore[return-value]
