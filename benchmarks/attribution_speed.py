@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     **{f"engine_{k}": v for k, v in _scores(g, ctx).items()},
                 }
                 rec.update({f"t_{k}": v for k, v in engine.last_timings.items()})
+                rec.update({f"cpu_{k}": v for k, v in engine.last_cpu_timings.items()})
                 results.append(rec)
                 if n in ct_budgets:
                     graphs[qid, n] = g

@@ -46,7 +46,11 @@ from hallugraph.attribution.engine.model import (
     load_hf_model,
 )
 from hallugraph.attribution.engine.rows import RowStore
-from hallugraph.attribution.engine.sweep import compute_rows, encoder_rows, prepare
+from hallugraph.attribution.engine.sweep import (
+    compute_rows,
+    encoder_rows,
+    prepare_with_logit_rows,
+)
 from hallugraph.attribution.engine.transcoders import EngineTranscoders, load_transcoders
 
 __all__ = ["AttributionEngine", "logit_targets"]
@@ -181,9 +185,6 @@ class AttributionEngine:
         clock = _Clock()
         cache = frozen_forward(self.model, ids)
         clock("forward")
-        prep = prepare(cache, w, tc, ids)
-        clock("prepare")
-        n_layers, n_pos, n_active = prep.n_layers, prep.n_pos, prep.n_features
         targets, probs, vecs = logit_targets(
             cache.last_logits,
             w.unembed,
@@ -192,23 +193,15 @@ class AttributionEngine:
             max_n_logits,
             desired_logit_prob,
         )
-        n_logits = len(targets)
+        prep, feats, et = prepare_with_logit_rows(cache, w, tc, ids, vecs)
+        clock("prepare_and_logit_rows")
+        n_layers, n_active, n_logits = prep.n_layers, prep.n_features, len(targets)
         budget = min(max_feature_nodes or n_active, n_active)
         store = RowStore(prep.offsets, prep.row_size, budget + n_logits, self.device, vecs.dtype)
         log.info("%d active features, %d logit targets, budget %d", n_active, n_logits, budget)
-
-        feats, et = compute_rows(
-            prep,
-            cache,
-            w,
-            tc,
-            torch.full((n_logits,), n_layers),
-            torch.full((n_logits,), n_pos - 1),
-            vecs,
-        )
         minus = torch.full((n_logits,), -1)
         store.add(torch.full((n_logits,), n_layers), minus, torch.arange(n_logits), feats, et)
-        clock("logit_rows")
+        clock("logit_rows_store")
         visited = torch.zeros(n_active, dtype=torch.bool)
         n_visited = 0
         bar = tqdm(total=budget, desc="feature rows", unit="row", disable=not verbose)

@@ -24,6 +24,7 @@ part up to the end of the highest layer the batch reads.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +32,7 @@ import torch
 from hallugraph.attribution.engine.model import ForwardCache, LinearWeights
 from hallugraph.attribution.engine.transcoders import EngineTranscoders
 
-__all__ = ["Prepared", "compute_rows", "encoder_rows", "prepare"]
+__all__ = ["Prepared", "compute_rows", "encoder_rows", "prepare", "prepare_with_logit_rows"]
 
 
 @dataclass
@@ -109,12 +110,71 @@ def prepare(
 ) -> Prepared:
     """Encode every layer's transcoder input and build :class:`Prepared` (circuit-tracer's
     ``compute_attribution_components`` and error vectors, the same operations)."""
+    return _prepare(cache, weights, transcoders, tokens, zero_positions)[0]
+
+
+@torch.no_grad()
+def prepare_with_logit_rows(
+    cache: ForwardCache,
+    weights: LinearWeights,
+    transcoders: EngineTranscoders,
+    tokens: torch.Tensor,
+    vectors: torch.Tensor,
+    zero_positions: slice = slice(0, 1),
+) -> tuple[Prepared, torch.Tensor, torch.Tensor]:
+    """:func:`prepare`, and the rows of logit targets injecting ``vectors`` (as
+    :func:`compute_rows` gives them): their sweep runs first (it needs no feature), and each
+    layer's gradient is contracted with that layer's decoder rows while they are at hand, so
+    that they are gathered once."""
+    prep, feats, et = _prepare(cache, weights, transcoders, tokens, zero_positions, vectors)
+    assert feats is not None and et is not None
+    return prep, feats, et
+
+
+def _prepare(cache, weights, transcoders, tokens, zero_positions, logit_vectors=None):
     n_layers, n_pos, d = cache.mlp_in.shape
     if transcoders.n_layers != n_layers:
         raise ValueError(f"{transcoders.n_layers} transcoders for a model of {n_layers} layers")
+    scale = lambda w, s: w[None, :] * s[:, None].to(w.dtype)  # noqa: E731
+    empty = torch.zeros(0, dtype=torch.long)
+    prep = Prepared(
+        n_layers=n_layers,
+        n_pos=n_pos,
+        feat_layer=empty,
+        feat_pos=empty,
+        feat_idx=empty,
+        values=empty,
+        w_dec=[tc.W_dec for tc in transcoders.layers],
+        offsets=[0],
+        pos_starts=torch.zeros(n_layers, n_pos + 1, dtype=torch.long),
+        errors=empty,
+        token_vectors=weights.embed[torch.as_tensor(tokens).to(weights.embed.device)].detach(),
+        scale_ln1=torch.stack(
+            [scale(w, s) for w, s in zip(weights.w_ln1, cache.s_ln1, strict=True)]
+        ),
+        scale_ln2=torch.stack(
+            [scale(w, s) for w, s in zip(weights.w_ln2, cache.s_ln2, strict=True)]
+        ),
+        scale_final=scale(weights.w_final, cache.s_final),
+    )
+    grads: dict[int, torch.Tensor] = {}
+    feats_l: list[torch.Tensor] = []
+    et = final = None
+    if logit_vectors is not None:  # the logit rows' sweep, gradients kept per layer
+        n = len(logit_vectors)
+        final = _sweep(
+            prep,
+            cache,
+            weights,
+            transcoders,
+            torch.full((n,), n_layers),
+            torch.full((n,), n_pos - 1),
+            logit_vectors,
+            lambda lay, g, k: grads.__setitem__(lay, g.clone()),
+        )
+        et = torch.zeros(n, prep.row_size, dtype=final.dtype, device=final.device)
     layer_l, pos_l, idx_l, val_l, err_l = [], [], [], [], []
-    pos_starts = torch.zeros(n_layers, n_pos + 1, dtype=torch.long)
-    offsets = [0]
+    offsets = prep.offsets
     for layer, tc in enumerate(transcoders.layers):
         x = cache.mlp_in[layer] if transcoders.normalized_input else cache.resid_mid[layer]
         acts = tc.encode(x)
@@ -130,36 +190,29 @@ def prepare(
         err = err + tc.b_dec
         err = torch.sub(cache.mlp_out[layer], err, out=err)
         err[zero_positions] = 0
+        counts = torch.bincount(pos.cpu(), minlength=n_pos)
+        prep.pos_starts[layer, 1:] = torch.cumsum(counts, 0)
+        if et is not None:
+            g = grads.pop(layer)
+            feats_l.append(torch.zeros(g.shape[1], len(pos), dtype=dec.dtype, device=dec.device))
+            _read_layer(g, dec, prep.pos_starts[layer].tolist(), feats_l[-1], 0)
+            _read_errors_into(g, err, layer, n_pos, et)
+        del dec
         layer_l.append(torch.full_like(pos, layer))
         pos_l.append(pos)
         idx_l.append(feat)
         val_l.append(vals)
-        del dec
         err_l.append(err)
-        counts = torch.bincount(pos.cpu(), minlength=n_pos)
-        pos_starts[layer, 1:] = torch.cumsum(counts, 0)
         offsets.append(offsets[-1] + len(pos))
-    scale = lambda w, s: w[None, :] * s[:, None].to(w.dtype)  # noqa: E731
-    return Prepared(
-        n_layers=n_layers,
-        n_pos=n_pos,
-        feat_layer=torch.cat(layer_l).cpu(),
-        feat_pos=torch.cat(pos_l).cpu(),
-        feat_idx=torch.cat(idx_l).cpu(),
-        values=torch.cat(val_l),
-        w_dec=[tc.W_dec for tc in transcoders.layers],
-        offsets=offsets,
-        pos_starts=pos_starts,
-        errors=torch.stack(err_l),
-        token_vectors=weights.embed[torch.as_tensor(tokens).to(weights.embed.device)].detach(),
-        scale_ln1=torch.stack(
-            [scale(w, s) for w, s in zip(weights.w_ln1, cache.s_ln1, strict=True)]
-        ),
-        scale_ln2=torch.stack(
-            [scale(w, s) for w, s in zip(weights.w_ln2, cache.s_ln2, strict=True)]
-        ),
-        scale_final=scale(weights.w_final, cache.s_final),
-    )
+    prep.feat_layer = torch.cat(layer_l).cpu()
+    prep.feat_pos = torch.cat(pos_l).cpu()
+    prep.feat_idx = torch.cat(idx_l).cpu()
+    prep.values = torch.cat(val_l)
+    prep.errors = torch.stack(err_l)
+    if et is None or final is None:
+        return prep, None, None
+    _read_tokens(prep, final, et)
+    return prep, torch.cat(feats_l, 1), et
 
 
 def _attn_back(g: torch.Tensor, layer: int, cache: ForwardCache, w: LinearWeights) -> torch.Tensor:
@@ -205,26 +258,57 @@ def compute_rows(
     With ``columns`` (ascending indices into the active features), ``features`` is
     ``[R, len(columns)]``: only those features' entries are computed (rows nothing ranks
     again need only the selected features' columns).
-
-    The gradient is kept position-major, ``[positions, rows injected so far, d]``: a layer's
-    step runs on the positions up to the last one of the rows injected so far (a prefix, free
-    to slice), and the array grows when rows join.
     """
-    n_layers, n_pos = prep.n_layers, prep.n_pos
+    n_layers = prep.n_layers
     layers = torch.as_tensor(layers, dtype=torch.long).cpu()
-    positions = torch.as_tensor(positions, dtype=torch.long).cpu()
     order = torch.argsort(layers, descending=True, stable=True)
-    layers, positions, vectors = layers[order], positions[order], vectors[order.to(vectors.device)]
-    n_rows = len(layers)
-    top = int(layers[0])
-    dev, dt = prep.errors.device, prep.errors.dtype
-    d = prep.errors.shape[2]
+    layers = layers[order]
+    positions = torch.as_tensor(positions, dtype=torch.long).cpu()[order]
+    vectors = vectors[order.to(vectors.device)]
+    n_rows, top = len(layers), int(layers[0])
+    dev, dt = prep.scale_final.device, prep.scale_final.dtype
     if columns is None:
         feats = torch.zeros(n_rows, prep.offsets[min(top, n_layers)], dtype=dt, device=dev)
+
+        def reader(lay: int, g: torch.Tensor, k: int) -> None:
+            _read(prep, g, lay, feats[:k], et[:k])
     else:
         feats = torch.zeros(n_rows, len(columns), dtype=dt, device=dev)
         picks = _column_picks(prep, torch.as_tensor(columns, dtype=torch.long).cpu())
+
+        def reader(lay: int, g: torch.Tensor, k: int) -> None:
+            _read_columns(prep, g, lay, picks[lay], feats[:k], et[:k])
+
     et = torch.zeros(n_rows, prep.row_size, dtype=dt, device=dev)
+    grad = _sweep(prep, cache, weights, transcoders, layers, positions, vectors, reader)
+    _read_tokens(prep, grad, et)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(n_rows)
+    inverse = inverse.to(dev)
+    return feats[inverse], et[inverse]
+
+
+def _sweep(
+    prep: Prepared,
+    cache: ForwardCache,
+    weights: LinearWeights,
+    transcoders: EngineTranscoders,
+    layers: torch.Tensor,
+    positions: torch.Tensor,
+    vectors: torch.Tensor,
+    reader: Callable[[int, torch.Tensor, int], None],
+) -> torch.Tensor:
+    """The backward sweep of targets sorted by layer (highest first): at each layer's MLP
+    output, ``reader(layer, gradient, k)`` (``gradient [pp, k, d]``: the ``k`` rows injected
+    above it); returns the gradient at the embeddings (``[pp, R, d]``).
+
+    The gradient is kept position-major, ``[positions, rows injected so far, d]``: a layer's
+    step runs on the positions up to the last one of the rows injected so far (a prefix, free
+    to slice), and the array grows when rows join. Needs only the scales of ``prep``."""
+    n_layers = prep.n_layers
+    dev, dt = prep.scale_final.device, prep.scale_final.dtype
+    d = prep.scale_final.shape[1]
+    top = int(layers[0])
     # rows with layer > l / >= l form prefixes of the (sorted) batch
     n_above = [int((layers > lay).sum()) for lay in range(n_layers + 1)]
     n_from = [int((layers >= lay).sum()) for lay in range(n_layers + 1)]
@@ -239,10 +323,7 @@ def compute_rows(
     for lay in range(min(top, n_layers - 1), -1, -1):
         k, k_act = n_above[lay], n_from[lay]
         if k:
-            if columns is None:
-                _read(prep, grad, lay, feats[:k], et[:k])
-            else:
-                _read_columns(prep, grad, lay, picks[lay], feats[:k], et[:k])
+            reader(lay, grad, k)
         if k_act == 0:
             continue
         if k_act > k:  # rows join: grow the gradient
@@ -264,13 +345,7 @@ def compute_rows(
                 inj = inj * prep.scale_ln2[lay, inj_pos]
             grad[inj_pos, inj_rows] += inj
         grad.addcmul_(_attn_back(grad, lay, cache, weights), prep.scale_ln1[lay, :pp, None])
-    base = n_layers * n_pos
-    pp = grad.shape[0]
-    et[:, base : base + pp] = torch.einsum("qrd,qd->rq", grad, prep.token_vectors[:pp])
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(n_rows)
-    inverse = inverse.to(dev)
-    return feats[inverse], et[inverse]
+    return grad
 
 
 def _read(
@@ -278,22 +353,28 @@ def _read(
 ) -> None:
     """Contract ``g [pp, k, d]`` (the gradient at layer ``layer``'s MLP output) with that
     layer's decoder rows (per position) and error vectors, writing into ``feats`` / ``et``."""
-    pp = g.shape[0]
-    off = prep.offsets[layer]
-    dec = prep.decoders(layer)
-    starts = prep.pos_starts[layer].tolist()
-    for q in range(pp):
+    _read_layer(
+        g, prep.decoders(layer), prep.pos_starts[layer].tolist(), feats, prep.offsets[layer]
+    )
+    _read_errors_into(g, prep.errors[layer], layer, prep.n_pos, et)
+
+
+def _read_layer(g: torch.Tensor, dec: torch.Tensor, starts: list[int], feats, off: int) -> None:
+    """``feats[:, off + j] = g[pos_j] · dec_j``, one matrix product per position."""
+    for q in range(g.shape[0]):
         s, e = starts[q], starts[q + 1]
         if e > s:
             torch.mm(g[q], dec[s:e].T, out=feats[:, off + s : off + e])
-    _read_errors(prep, g, layer, et)
 
 
-def _read_errors(prep: Prepared, g: torch.Tensor, layer: int, et: torch.Tensor) -> None:
-    pp, n_pos = g.shape[0], prep.n_pos
-    et[:, layer * n_pos : layer * n_pos + pp] = torch.einsum(
-        "qrd,qd->rq", g, prep.errors[layer, :pp]
-    )
+def _read_errors_into(g: torch.Tensor, err: torch.Tensor, layer: int, n_pos: int, et) -> None:
+    pp = g.shape[0]
+    et[:, layer * n_pos : layer * n_pos + pp] = torch.einsum("qrd,qd->rq", g, err[:pp])
+
+
+def _read_tokens(prep: Prepared, g: torch.Tensor, et: torch.Tensor) -> None:
+    base, pp = prep.n_layers * prep.n_pos, g.shape[0]
+    et[:, base : base + pp] = torch.einsum("qrd,qd->rq", g, prep.token_vectors[:pp])
 
 
 def _column_picks(
@@ -331,4 +412,4 @@ def _read_columns(
     elif live.any():
         idx = torch.arange(cols.start, cols.stop, device=pos.device)[live]
         feats[:, idx] = torch.einsum("jrd,jd->rj", g[pos[live]], dec[live])
-    _read_errors(prep, g, layer, et)
+    _read_errors_into(g, prep.errors[layer], layer, prep.n_pos, et)
