@@ -6,19 +6,23 @@ settings (``max_n_logits``, ``desired_logit_prob``, ``max_feature_nodes``, ``bat
 ``update_interval``), the same way:
 
 1. the tokens start with a special token (one is prepended as circuit-tracer's
-   ``ensure_tokenized`` does); one eager forward (:func:`~.model.frozen_forward`); every
-   transcoder encoded, features and errors at position 0 zeroed (:func:`~.sweep.prepare`);
+   ``ensure_tokenized`` does); one eager forward (:func:`~.model.frozen_forward`);
 2. logit targets: the given token ids, or the top ``max_n_logits`` of the last position's
    softmax cut where the cumulative probability reaches ``desired_logit_prob``; each target's
    vector is its unembedding row minus the mean row, its weight its probability;
-3. the logit rows, then feature rows in circuit-tracer's order of selection: rank the active
+3. every transcoder encoded, features and errors at position 0 zeroed, and the logit rows
+   (:func:`~.sweep.prepare_with_logit_rows`: their sweep needs no feature, so it runs first
+   and each layer is read while its decoder rows are at hand);
+4. feature rows in circuit-tracer's order of selection: rank the active
    features by their influence on the logits through the rows computed so far
    (:meth:`~.rows.RowStore.influence`, ``torch.argsort(…, descending=True)`` as circuit-tracer
    calls it), take the next ``update_interval · batch_size`` unvisited ones (fewer at the end of
    the budget), compute their rows, re-rank; with a budget of every active feature, all of
    them in index order. Rows do not depend on how they are batched, so the queue between two
-   rankings is computed in chunks of ``chunk_size`` sorted by layer and position;
-4. the adjacency in circuit-tracer's node order (:mod:`~.graph`).
+   rankings is computed in chunks of ``chunk_size`` sorted by layer and position. The last
+   queue's rows are ranked by nothing: they are computed for the selected features' columns
+   only (when the budget is small against the active features);
+5. the adjacency in circuit-tracer's node order (:mod:`~.graph`).
 
 Ties: features whose influences are exactly equal (e.g. two features with identical weights)
 are ordered as ``torch.argsort(descending=True)`` orders them, which is not a stable sort (not
