@@ -330,7 +330,7 @@ def _fmt(v: float) -> str:
 
 
 def _round(v):
-    return round(v, 6) if isinstance(v, float) and math.isfinite(v) else v
+    return float(f"{v:.6g}") if isinstance(v, float) and math.isfinite(v) else v
 
 
 if __name__ == "__main__":
