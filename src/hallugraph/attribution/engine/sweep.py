@@ -1,8 +1,9 @@
 """Attribution rows by batched linear backward sweeps (no autograd).
 
 :class:`Prepared` holds one prompt's replacement model: the active features of every layer in
-circuit-tracer's order (layer, position, feature id), their encoder rows, their decoder rows
-scaled by the activation, the error vectors (MLP output − reconstruction, with ``b_dec`` and the
+circuit-tracer's order (layer, position, feature id) and activations (their decoder rows scaled
+by the activation are gathered when read, or kept by :meth:`Prepared.keep_decoders`), the error
+vectors (MLP output − reconstruction, with ``b_dec`` and the
 skip) and the token embeddings; features and errors at position 0 are zeroed.
 
 :func:`compute_rows` gives the direct effects of every source node on a batch of targets. A
