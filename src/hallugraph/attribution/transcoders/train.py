@@ -46,10 +46,17 @@ class TrainConfig:
     k: int = 32
     lr: float = 3e-3
     warmup_steps: int = 20
+    decay_start: int = 0
+    """From this many sparse-phase tokens on, the lr falls linearly to 0.1 × ``lr`` at
+    ``decay_end`` tokens (0: constant lr)."""
+    decay_end: int = 0
     batch_tokens: int = 2048
     window: int = 256
     prompt_share: float = 0.3
     skip_tokens: int = 100_000
+    skip_pool: str = "all"
+    """Text the skip is fitted on: ``"all"`` or ``"prompts"`` (only the formats attribution
+    sees: on SmolLM2-135M a skip fitted on general text does not carry over to them)."""
     dead_tokens: int = 100_000
     k_aux: int = 256
     aux_coef: float = 1 / 32
@@ -69,6 +76,19 @@ class TrainConfig:
             raise ValueError("batch_tokens must be at least window")
         if self.checkpoint_every < 1 or self.skip_tokens < 1:
             raise ValueError("checkpoint_every and skip_tokens must be >= 1")
+        if self.skip_pool not in ("prompts", "all"):
+            raise ValueError(f"skip_pool must be 'prompts' or 'all', not {self.skip_pool!r}")
+        if self.decay_end and not 0 <= self.decay_start < self.decay_end:
+            raise ValueError("need 0 <= decay_start < decay_end")
+
+    def lr_at(self, step: int, tokens: int) -> float:
+        """Learning rate of sparse step ``step`` after ``tokens`` tokens: linear warmup, then
+        constant, then (``decay_end`` > 0) linear decay to 0.1 × ``lr``."""
+        lr = self.lr * min(1.0, (step + 1) / self.warmup_steps)
+        if self.decay_end and tokens > self.decay_start:
+            f = min(1.0, (tokens - self.decay_start) / (self.decay_end - self.decay_start))
+            lr *= 1.0 - 0.9 * f
+        return lr
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -86,6 +106,19 @@ class TrainConfig:
 
 #: ``--preset`` name -> (config, token budget, time budget in seconds)
 PRESETS: dict[str, tuple[TrainConfig, int, float]] = {
+    # the documented set (docs/TRANSCODERS.md)
+    "smollm2-135m-2h-v2": (
+        TrainConfig(
+            k=48,
+            prompt_share=0.8,
+            skip_pool="prompts",
+            decay_start=900_000,
+            decay_end=1_300_000,
+        ),
+        1_300_000,
+        7200.0,
+    ),
+    # the first set (git 685428f): skip on all text, 30 % prompts, k = 32, constant lr
     "smollm2-135m-2h": (TrainConfig(), 2_000_000, 7200.0),
 }
 
@@ -284,7 +317,11 @@ def train(
             disable=not progress,
             dynamic_ncols=True,
         )
+        only_prompts = cfg.skip_pool == "prompts" and len(plan.pools[0]) > 0
         while st.skip_n < cfg.skip_tokens and not out_of_time():
+            if only_prompts and corpus.pool[int(plan.batch(st.batch)[0])] != 0:
+                st.batch += 1  # a general-text batch: not used for the skip
+                continue
             t0 = time.monotonic()
             ins, outs = capture(lm.model, _batch(corpus, plan, st.batch), pad)
             val = n_layers if st.batch % 7 == 3 else 0
@@ -333,7 +370,7 @@ def train(
             t0 = time.monotonic()
             ins, outs = capture(lm.model, _batch(corpus, plan, st.batch), pad)
             n = int(ins[0].shape[0])
-            lr = cfg.lr * min(1.0, (st.step + 1) / cfg.warmup_steps)
+            lr = cfg.lr_at(st.step, st.tokens)
             fvu, l0, dead = [], [], []
             resampled = 0
             for i, (tc, opt) in enumerate(zip(tcs, opts, strict=True)):
