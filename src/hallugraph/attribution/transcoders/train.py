@@ -2,16 +2,18 @@
 
 Phases (resumable at any checkpoint):
 
-1. ``skip``: forward passes over the first ``skip_tokens`` training tokens accumulate, per
-   layer, the float64 normal equations of ``y ≈ x W_skipᵀ + b`` (:class:`~.model.SkipFit`);
+1. ``skip``: forward passes over the first ``skip_tokens`` training tokens (of the prompt pool
+   only with ``skip_pool="prompts"``) accumulate, per layer, the float64 normal equations of
+   ``y ≈ x W_skipᵀ + b`` (:class:`~.model.SkipFit`);
    they are solved once, with the ridge that predicts held-out batches best
    (:func:`~.model.fit_skip`).
 2. ``sparse``: each batch goes once through the model (bfloat16, sdpa attention), the MLP
-   input ``x`` and output ``y`` of every layer are captured (position 0 and padding left out),
+   input ``x`` and output ``y`` of every layer are captured (position 0 and padding left out:
+   position 0 carries the model's attention-sink activation, MLP output norm ~25,000 at
+   layer 11 against ~30 elsewhere, and circuit-tracer zeroes its features anyway),
    and each layer's :class:`~.model.SkipTranscoder` takes one Adam step on ``r = y − skip(x)``.
 
-A checkpoint (two alternating slots under ``checkpoint/``, the slot in use named last in
-``checkpoint/state.json``) holds the weights, Adam's state, the dead-feature counters and the
+A checkpoint (:mod:`.checkpoint`) holds the weights, Adam's state, the dead-feature counters and the
 data cursor; running again into the same folder continues from it, and a run cut at a
 checkpoint and resumed gives the same weights as an uninterrupted one.
 """
@@ -30,9 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from hallugraph.attribution.transcoders.checkpoint import (
+    load_checkpoint,
+    sample_prototypes,
+    save_checkpoint,
+)
 from hallugraph.attribution.transcoders.corpus import BatchPlan, Corpus
 from hallugraph.attribution.transcoders.model import SkipFit, SkipTranscoder, fit_skip
-from hallugraph.io import atomic_write_json
 from hallugraph.models import LoadedModel
 
 __all__ = ["PRESETS", "TrainConfig", "TrainState", "capture", "train"]
@@ -172,98 +178,6 @@ def _optimizers(tcs: list[SkipTranscoder], lr: float) -> list[torch.optim.Adam]:
     return [torch.optim.Adam(tc.parameters(), lr=lr, fused=True) for tc in tcs]
 
 
-def _save(
-    folder: Path,
-    cfg: TrainConfig,
-    st: TrainState,
-    tcs,
-    opts,
-    fits: list[SkipFit] | None,
-    pool: list[list[torch.Tensor]] | None = None,
-) -> None:
-    from hallugraph.attribution.transcoders.io import save_tensors
-
-    ck = folder / "checkpoint"
-    ck.mkdir(parents=True, exist_ok=True)
-    state_file = ck / "state.json"
-    prev = json.loads(state_file.read_text())["slot"] if state_file.exists() else "b"
-    slot = "a" if prev == "b" else "b"
-    (ck / slot).mkdir(exist_ok=True)
-    meta = {"step": str(st.step), "batch": str(st.batch)}
-    n_layers = len(tcs)
-    for i, tc in enumerate(tcs):
-        t = {f"tc.{k}": v for k, v in tc.state_dict().items()}
-        for pid, ps in opts[i].state_dict()["state"].items():
-            for k, v in ps.items():
-                t[f"opt.{pid}.{k}"] = torch.as_tensor(v)
-        if fits is not None:
-            t.update(fits[i].state("fit."))
-            t.update(fits[n_layers + i].state("vfit."))
-        if pool is not None and pool[0]:
-            t["pool.x"], t["pool.y"] = pool[0][i], pool[1][i]
-        save_tensors(ck / slot / f"layer_{i}.safetensors", t, meta)
-    atomic_write_json(state_file, {"slot": slot, "config": cfg.to_dict(), "state": asdict(st)})
-
-
-def _load(
-    folder: Path, cfg: TrainConfig, tcs, opts, fits: list[SkipFit], pool: list[list]
-) -> TrainState:
-    from safetensors import safe_open
-
-    ck = folder / "checkpoint"
-    saved = json.loads((ck / "state.json").read_text())
-    if TrainConfig.from_dict(saved["config"]) != cfg:
-        old = saved["config"]
-        diff = {k: (old.get(k), v) for k, v in cfg.to_dict().items() if old.get(k) != v}
-        raise ValueError(
-            f"{ck} was written with other settings (saved, now): {diff}; use another --out "
-            f"or the same settings"
-        )
-    st = TrainState(**saved["state"])
-    for i, tc in enumerate(tcs):
-        path = ck / saved["slot"] / f"layer_{i}.safetensors"
-        with safe_open(str(path), framework="pt") as f:
-            if f.metadata().get("step") != str(st.step):
-                raise ValueError(f"{path} does not belong to checkpoint step {st.step}")
-            t = {k: f.get_tensor(k) for k in f.keys()}
-        tc.load_state_dict({k[3:]: v for k, v in t.items() if k.startswith("tc.")})
-        tc.invalidate()
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for k, v in t.items():
-            if k.startswith("opt."):
-                pid, name = k[4:].split(".", 1)
-                state.setdefault(int(pid), {})[name] = v
-        if state:
-            sd = opts[i].state_dict()
-            opts[i].load_state_dict({"state": state, "param_groups": sd["param_groups"]})
-        if st.phase == "skip":
-            fits[i].load(t, "fit.")
-            fits[len(tcs) + i].load(t, "vfit.")
-            if "pool.x" in t:
-                pool[0].append(t["pool.x"])
-                pool[1].append(t["pool.y"])
-    return st
-
-
-def _sample(pool, ins, outs, cfg: TrainConfig, batch: int) -> None:
-    """Add a few random tokens of this skip-phase batch (the same for every layer) to the
-    prototype pool, up to ``width`` tokens spread over the whole skip phase."""
-    have = int(pool[0][0].shape[0]) if pool[0] else 0
-    per_batch = math.ceil(1.25 * cfg.width * cfg.batch_tokens / cfg.skip_tokens)
-    take = min(per_batch, cfg.width - have, int(ins[0].shape[0]))
-    if take <= 0:
-        return
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + batch)
-    sel = torch.randperm(int(ins[0].shape[0]), generator=g)[:take]
-    for i in range(len(ins)):
-        for j, src in enumerate((ins, outs)):
-            part = src[i][sel]
-            if have:
-                pool[j][i] = torch.cat([pool[j][i], part])
-            elif i == len(pool[j]):
-                pool[j].append(part)
-
-
 def _batch(corpus: Corpus, plan: BatchPlan, i: int) -> list[np.ndarray]:
     return [corpus.seq(int(j)) for j in plan.batch(i)]
 
@@ -296,7 +210,7 @@ def train(
     # prototype tokens for the data initialization, sampled through the skip phase
     pool: list[list[torch.Tensor]] = [[], []]
     resume = (out / "checkpoint" / "state.json").exists()
-    st = _load(out, cfg, tcs, opts, fits, pool) if resume else None
+    st = load_checkpoint(out, cfg, tcs, opts, fits, pool) if resume else None
     st = st or TrainState()
     plan = BatchPlan(corpus, cfg.batch_tokens, cfg.prompt_share, cfg.seed)
     pad = lm.tokenizer.pad_token_id or 0
@@ -327,18 +241,18 @@ def train(
             val = n_layers if st.batch % 7 == 3 else 0
             for i in range(n_layers):
                 fits[val + i].update(ins[i], outs[i])
-            _sample(pool, ins, outs, cfg, st.batch)
+            sample_prototypes(pool, ins, outs, cfg, st.batch)
             st.batch += 1
             st.skip_n = fits[0].n + fits[n_layers].n
             st.seconds += time.monotonic() - t0
             bar.update(int(ins[0].shape[0]))
             since += 1
             if since >= cfg.checkpoint_every:
-                _save(out, cfg, st, tcs, opts, fits, pool)
+                save_checkpoint(out, cfg, st, tcs, opts, fits, pool)
                 since = 0
         bar.close()
         if st.skip_n < cfg.skip_tokens:
-            _save(out, cfg, st, tcs, opts, fits, pool)
+            save_checkpoint(out, cfg, st, tcs, opts, fits, pool)
             return tcs, st, "time"
         gen = torch.Generator()
         for i in range(n_layers):
@@ -350,7 +264,7 @@ def train(
             gen.manual_seed(cfg.seed * 7919 + i)
             tcs[i].init_from_data(x, r, gen, cfg.enc_init)
         st.phase = "sparse"
-        _save(out, cfg, st, tcs, opts, None)
+        save_checkpoint(out, cfg, st, tcs, opts, None)
         since = 0
     gen = torch.Generator()
     bar = tqdm(
@@ -431,12 +345,12 @@ def train(
                 log(json.dumps(rec))
             since += 1
             if since >= cfg.checkpoint_every:
-                _save(out, cfg, st, tcs, opts, None)
+                save_checkpoint(out, cfg, st, tcs, opts, None)
                 since = 0
     finally:
         bar.close()
         if since:
-            _save(out, cfg, st, tcs, opts, None)
+            save_checkpoint(out, cfg, st, tcs, opts, None)
     if not math.isfinite(st.history[-1]["fvu"] if st.history else 0.0):
         raise FloatingPointError("training diverged (FVU is not finite); lower --lr")
     return tcs, st, stopped
