@@ -465,11 +465,11 @@ def test_skip_fitted_on_prompt_pool_only(tiny_lm, tmp_path, monkeypatch):
 
 
 def test_lr_schedule_warmup_and_decay():
-    cfg = TrainConfig(lr=1e-3, warmup_steps=10, decay_start=1000, decay_end=2000)
-    assert cfg.lr_at(0, 0) == pytest.approx(1e-4)
-    assert cfg.lr_at(50, 900) == pytest.approx(1e-3)
-    assert cfg.lr_at(60, 1500) == pytest.approx(1e-3 * 0.55)
-    assert cfg.lr_at(90, 5000) == pytest.approx(1e-4)
-    assert TrainConfig(lr=1e-3, warmup_steps=1).lr_at(10**6, 10**9) == pytest.approx(1e-3)
-    with pytest.raises(ValueError, match="decay_start"):
-        TrainConfig(decay_start=5, decay_end=5)
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, decay_frac=0.4)
+    assert cfg.lr_at(0, 0.0) == pytest.approx(1e-4)
+    assert cfg.lr_at(50, 0.5) == pytest.approx(1e-3)
+    assert cfg.lr_at(60, 0.8) == pytest.approx(1e-3 * 0.55)
+    assert cfg.lr_at(90, 1.5) == pytest.approx(1e-4)
+    assert TrainConfig(lr=1e-3, warmup_steps=1).lr_at(10**6, 0.99) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="decay_frac"):
+        TrainConfig(decay_frac=1.0)

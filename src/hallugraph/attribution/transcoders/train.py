@@ -52,10 +52,10 @@ class TrainConfig:
     k: int = 32
     lr: float = 3e-3
     warmup_steps: int = 20
-    decay_start: int = 0
-    """From this many sparse-phase tokens on, the lr falls linearly to 0.1 × ``lr`` at
-    ``decay_end`` tokens (0: constant lr)."""
-    decay_end: int = 0
+    decay_frac: float = 0.0
+    """Over the last ``decay_frac`` of the run the lr falls linearly to 0.1 × ``lr``; the run's
+    progress is its share of the token budget or of this call's time budget, whichever is
+    larger (0: constant lr)."""
     batch_tokens: int = 2048
     window: int = 256
     prompt_share: float = 0.3
@@ -84,16 +84,16 @@ class TrainConfig:
             raise ValueError("checkpoint_every and skip_tokens must be >= 1")
         if self.skip_pool not in ("prompts", "all"):
             raise ValueError(f"skip_pool must be 'prompts' or 'all', not {self.skip_pool!r}")
-        if self.decay_end and not 0 <= self.decay_start < self.decay_end:
-            raise ValueError("need 0 <= decay_start < decay_end")
+        if not 0.0 <= self.decay_frac < 1.0:
+            raise ValueError(f"decay_frac must be in [0, 1), not {self.decay_frac}")
 
-    def lr_at(self, step: int, tokens: int) -> float:
-        """Learning rate of sparse step ``step`` after ``tokens`` tokens: linear warmup, then
-        constant, then (``decay_end`` > 0) linear decay to 0.1 × ``lr``."""
+    def lr_at(self, step: int, progress: float) -> float:
+        """Learning rate of sparse step ``step`` at ``progress`` (0 → 1) through the run:
+        linear warmup, constant, then the linear decay of the last ``decay_frac``."""
         lr = self.lr * min(1.0, (step + 1) / self.warmup_steps)
-        if self.decay_end and tokens > self.decay_start:
-            f = min(1.0, (tokens - self.decay_start) / (self.decay_end - self.decay_start))
-            lr *= 1.0 - 0.9 * f
+        if self.decay_frac > 0:
+            f = (progress - (1.0 - self.decay_frac)) / self.decay_frac
+            lr *= 1.0 - 0.9 * min(1.0, max(0.0, f))
         return lr
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,10 +118,10 @@ PRESETS: dict[str, tuple[TrainConfig, int, float]] = {
             k=48,
             prompt_share=0.8,
             skip_pool="prompts",
-            decay_start=900_000,
-            decay_end=1_300_000,
+            skip_tokens=60_000,
+            decay_frac=0.25,
         ),
-        1_300_000,
+        1_500_000,
         7200.0,
     ),
     # the first set (git 685428f): skip on all text, 30 % prompts, k = 32, constant lr
@@ -284,7 +284,10 @@ def train(
             t0 = time.monotonic()
             ins, outs = capture(lm.model, _batch(corpus, plan, st.batch), pad)
             n = int(ins[0].shape[0])
-            lr = cfg.lr_at(st.step, st.tokens)
+            progress = st.tokens / tokens
+            if time_budget:
+                progress = max(progress, (time.monotonic() - start) / time_budget)
+            lr = cfg.lr_at(st.step, progress)
             fvu, l0, dead = [], [], []
             resampled = 0
             for i, (tc, opt) in enumerate(zip(tcs, opts, strict=True)):
@@ -331,6 +334,7 @@ def train(
                 "l0": float(np.mean(l0)),
                 "dead": float(np.mean(dead)),
                 "resampled": resampled,
+                "lr": lr,
             }
             st.history.append(rec)
             bar.update(min(n, max(tokens - bar.n, 0)))
