@@ -83,12 +83,29 @@ def main() -> None:
     lm = load_model(args.model, dtype="float32", device="cpu")
     texts = eval_texts(lm, None, args.eval_texts)
     held = [SkipFit(d, d, torch.float64) for _ in range(n_layers)]
+    xs, ys = [], []  # layer 11, for the outlier check
     for group in texts.values():
         enc = tok(list(group), add_special_tokens=not lm.use_chat_template)["input_ids"]
         for b in range(0, len(enc), 10):
             ins, outs = capture(lm.model, [np.asarray(s) for s in enc[b : b + 10]], pad)
             for layer in range(n_layers):
                 held[layer].update(ins[layer], outs[layer])
+            xs.append(ins[11].double())
+            ys.append(outs[11].double())
+    # position 0 (left out above): the attention sink's MLP output at layer 11
+    first_ids = torch.as_tensor(
+        tok(list(texts.values())[0][0], add_special_tokens=not lm.use_chat_template)["input_ids"]
+    )[None]
+    seen: list[torch.Tensor] = []
+    hook = lm.model.model.layers[11].mlp.register_forward_hook(lambda m, a, o: seen.append(o[0]))
+    with torch.no_grad():
+        lm.model.model(input_ids=first_ids, use_cache=False)
+    hook.remove()
+    norms = seen[0].norm(dim=-1)
+    print(
+        f"layer 11 MLP output norm, first held-out text: position 0 {float(norms[0]):.0f}, "
+        f"positions 1.. median {float(norms[1:].median()):.1f}, max {float(norms[1:].max()):.1f}"
+    )
     print(f"held-out tokens: {held[0].n} ({', '.join(texts)}); CPU: {cpu_name()}")
     variants = {
         "general only": lambda L: fits["g"][L],

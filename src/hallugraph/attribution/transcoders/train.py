@@ -116,9 +116,9 @@ PRESETS: dict[str, tuple[TrainConfig, int, float]] = {
     "smollm2-135m-2h-v2": (
         TrainConfig(
             k=48,
-            prompt_share=0.8,
+            prompt_share=1.0,
             skip_pool="prompts",
-            skip_tokens=60_000,
+            skip_tokens=30_000,
             decay_frac=0.25,
         ),
         1_500_000,
