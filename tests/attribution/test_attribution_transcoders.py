@@ -406,3 +406,70 @@ def test_general_text_missing_names_the_package(monkeypatch, tmp_path):
         corpus.general_documents(("gcide",))
     with pytest.raises(ValueError, match="unknown text source"):
         corpus.general_documents(("wikipedia",))
+
+
+def test_capture_leaves_out_position_zero_and_padding(tiny_lm):
+    """Rows of a padded batch are exactly positions 1.. of each sequence run alone: position 0
+    (the attention sink, huge MLP output on real models) and padding never reach the skip fit,
+    the training loss or the evaluation."""
+    tok, pad = tiny_lm.tokenizer, tiny_lm.tokenizer.pad_token_id
+    ids = [np.array(tok(t, add_special_tokens=False)["input_ids"]) for t in TEXTS[:4]]
+    ids[1] = ids[1][:5]  # unequal lengths: padding in the batch
+    ins, outs = capture(tiny_lm.model, ids, pad)
+    alone = [capture(tiny_lm.model, [s], pad) for s in ids]
+    for layer in (0, tiny_lm.num_layers - 1):
+        torch.testing.assert_close(ins[layer], torch.cat([a[0][layer] for a in alone]))
+        torch.testing.assert_close(outs[layer], torch.cat([a[1][layer] for a in alone]))
+    # the kept rows are positions 1.. of the full forward: position 0 is the one left out
+    full: list[torch.Tensor] = []
+    mlp = tiny_lm.model.model.layers[0].mlp
+    handle = mlp.register_forward_hook(lambda m, a, o: full.append(o[0].float()))
+    try:
+        with torch.no_grad():
+            tiny_lm.model.model(input_ids=torch.as_tensor(ids[0][None]), use_cache=False)
+    finally:
+        handle.remove()
+    assert full[0].shape[0] == len(ids[0])
+    torch.testing.assert_close(alone[0][1][0], full[0][1:])
+
+
+def test_skip_fitted_on_prompt_pool_only(tiny_lm, tmp_path, monkeypatch):
+    import importlib
+
+    train_mod = importlib.import_module("hallugraph.attribution.transcoders.train")
+
+    corpus = _corpus(tiny_lm.tokenizer)
+    seen: list[list[np.ndarray]] = []
+    real = train_mod.capture
+    monkeypatch.setattr(
+        train_mod, "capture", lambda m, ids, pad: seen.append(ids) or real(m, ids, pad)
+    )
+    cfg = TrainConfig(**{**CFG.to_dict(), "skip_pool": "prompts", "prompt_share": 0.1})
+    tcs, st, _ = train(tiny_lm, corpus, tmp_path / "p", cfg, tokens=1, progress=False)
+    assert st.phase == "sparse" and st.step == 1
+    prompt_seqs = {tuple(corpus.seq(i)) for i in np.nonzero(corpus.pool == 0)[0]}
+    skip_calls = seen[:-1]  # the last call is the one sparse step
+    assert skip_calls and all(tuple(s) in prompt_seqs for ids in skip_calls for s in ids)
+    # the result differs from a skip fitted on both pools
+    tcs_all, _, _ = train(
+        tiny_lm,
+        corpus,
+        tmp_path / "a",
+        TrainConfig(**{**cfg.to_dict(), "skip_pool": "all"}),
+        tokens=1,
+        progress=False,
+    )
+    assert not torch.allclose(tcs[1].W_skip, tcs_all[1].W_skip)
+    with pytest.raises(ValueError, match="skip_pool"):
+        TrainConfig(skip_pool="general")
+
+
+def test_lr_schedule_warmup_and_decay():
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, decay_frac=0.4)
+    assert cfg.lr_at(0, 0.0) == pytest.approx(1e-4)
+    assert cfg.lr_at(50, 0.5) == pytest.approx(1e-3)
+    assert cfg.lr_at(60, 0.8) == pytest.approx(1e-3 * 0.55)
+    assert cfg.lr_at(90, 1.5) == pytest.approx(1e-4)
+    assert TrainConfig(lr=1e-3, warmup_steps=1).lr_at(10**6, 0.99) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="decay_frac"):
+        TrainConfig(decay_frac=1.0)

@@ -8,11 +8,12 @@ circuit-tracer's ``mlp.hook_in``) and predicts the MLP's output (``mlp.hook_out`
 
 Modules: :mod:`.corpus` (offline training / held-out text, tokenized and cached),
 :mod:`.model` (one layer: closed-form skip, BatchTopK sparse part, export), :mod:`.train`
-(the loop, checkpoints, presets), :mod:`.evaluate` (FVU / L0 / dead on the exported form),
+(the loop, presets), :mod:`.checkpoint` (resume state), :mod:`.evaluate` (FVU / L0 / dead
+on the exported form),
 :mod:`.io` (the on-disk format), :mod:`.run` (train → export → evaluate → manifest; the CLI's),
 :mod:`.legacy` (the previous dense trainer, kept as the speed baseline).
 
-Train with ``hallugraph transcoders train --preset smollm2-135m-2h``; load the set with
+Train with ``hallugraph transcoders train --preset smollm2-135m-2h-v2``; load the set with
 :func:`hallugraph.attribution.tracer.load_replacement_model`. See docs/TRANSCODERS.md.
 """
 

@@ -16,6 +16,8 @@ _FLAGS = {
     "width": int,
     "k": int,
     "lr": float,
+    "decay_frac": float,
+    "skip_pool": str,
     "batch_tokens": int,
     "window": int,
     "prompt_share": float,

@@ -2,16 +2,18 @@
 
 Phases (resumable at any checkpoint):
 
-1. ``skip``: forward passes over the first ``skip_tokens`` training tokens accumulate, per
-   layer, the float64 normal equations of ``y ≈ x W_skipᵀ + b`` (:class:`~.model.SkipFit`);
+1. ``skip``: forward passes over the first ``skip_tokens`` training tokens (of the prompt pool
+   only with ``skip_pool="prompts"``) accumulate, per layer, the float64 normal equations of
+   ``y ≈ x W_skipᵀ + b`` (:class:`~.model.SkipFit`);
    they are solved once, with the ridge that predicts held-out batches best
    (:func:`~.model.fit_skip`).
 2. ``sparse``: each batch goes once through the model (bfloat16, sdpa attention), the MLP
-   input ``x`` and output ``y`` of every layer are captured (position 0 and padding left out),
+   input ``x`` and output ``y`` of every layer are captured (position 0 and padding left out:
+   position 0 carries the model's attention-sink activation, MLP output norm ~25,000 at
+   layer 11 against ~30 elsewhere, and circuit-tracer zeroes its features anyway),
    and each layer's :class:`~.model.SkipTranscoder` takes one Adam step on ``r = y − skip(x)``.
 
-A checkpoint (two alternating slots under ``checkpoint/``, the slot in use named last in
-``checkpoint/state.json``) holds the weights, Adam's state, the dead-feature counters and the
+A checkpoint (:mod:`.checkpoint`) holds the weights, Adam's state, the dead-feature counters and the
 data cursor; running again into the same folder continues from it, and a run cut at a
 checkpoint and resumed gives the same weights as an uninterrupted one.
 """
@@ -30,9 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from hallugraph.attribution.transcoders.checkpoint import (
+    load_checkpoint,
+    sample_prototypes,
+    save_checkpoint,
+)
 from hallugraph.attribution.transcoders.corpus import BatchPlan, Corpus
 from hallugraph.attribution.transcoders.model import SkipFit, SkipTranscoder, fit_skip
-from hallugraph.io import atomic_write_json
 from hallugraph.models import LoadedModel
 
 __all__ = ["PRESETS", "TrainConfig", "TrainState", "capture", "train"]
@@ -46,10 +52,17 @@ class TrainConfig:
     k: int = 32
     lr: float = 3e-3
     warmup_steps: int = 20
+    decay_frac: float = 0.0
+    """Over the last ``decay_frac`` of the run the lr falls linearly to 0.1 × ``lr``; the run's
+    progress is its share of the token budget or of this call's time budget, whichever is
+    larger (0: constant lr)."""
     batch_tokens: int = 2048
     window: int = 256
     prompt_share: float = 0.3
     skip_tokens: int = 100_000
+    skip_pool: str = "all"
+    """Text the skip is fitted on: ``"all"`` or ``"prompts"`` (only the formats attribution
+    sees: on SmolLM2-135M a skip fitted on general text does not carry over to them)."""
     dead_tokens: int = 100_000
     k_aux: int = 256
     aux_coef: float = 1 / 32
@@ -69,6 +82,19 @@ class TrainConfig:
             raise ValueError("batch_tokens must be at least window")
         if self.checkpoint_every < 1 or self.skip_tokens < 1:
             raise ValueError("checkpoint_every and skip_tokens must be >= 1")
+        if self.skip_pool not in ("prompts", "all"):
+            raise ValueError(f"skip_pool must be 'prompts' or 'all', not {self.skip_pool!r}")
+        if not 0.0 <= self.decay_frac < 1.0:
+            raise ValueError(f"decay_frac must be in [0, 1), not {self.decay_frac}")
+
+    def lr_at(self, step: int, progress: float) -> float:
+        """Learning rate of sparse step ``step`` at ``progress`` (0 → 1) through the run:
+        linear warmup, constant, then the linear decay of the last ``decay_frac``."""
+        lr = self.lr * min(1.0, (step + 1) / self.warmup_steps)
+        if self.decay_frac > 0:
+            f = (progress - (1.0 - self.decay_frac)) / self.decay_frac
+            lr *= 1.0 - 0.9 * min(1.0, max(0.0, f))
+        return lr
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -86,6 +112,19 @@ class TrainConfig:
 
 #: ``--preset`` name -> (config, token budget, time budget in seconds)
 PRESETS: dict[str, tuple[TrainConfig, int, float]] = {
+    # the documented set (docs/TRANSCODERS.md)
+    "smollm2-135m-2h-v2": (
+        TrainConfig(
+            k=48,
+            prompt_share=1.0,
+            skip_pool="prompts",
+            skip_tokens=30_000,
+            decay_frac=0.25,
+        ),
+        1_500_000,
+        7200.0,
+    ),
+    # the first set (git 685428f): skip on all text, 30 % prompts, k = 32, constant lr
     "smollm2-135m-2h": (TrainConfig(), 2_000_000, 7200.0),
 }
 
@@ -139,98 +178,6 @@ def _optimizers(tcs: list[SkipTranscoder], lr: float) -> list[torch.optim.Adam]:
     return [torch.optim.Adam(tc.parameters(), lr=lr, fused=True) for tc in tcs]
 
 
-def _save(
-    folder: Path,
-    cfg: TrainConfig,
-    st: TrainState,
-    tcs,
-    opts,
-    fits: list[SkipFit] | None,
-    pool: list[list[torch.Tensor]] | None = None,
-) -> None:
-    from hallugraph.attribution.transcoders.io import save_tensors
-
-    ck = folder / "checkpoint"
-    ck.mkdir(parents=True, exist_ok=True)
-    state_file = ck / "state.json"
-    prev = json.loads(state_file.read_text())["slot"] if state_file.exists() else "b"
-    slot = "a" if prev == "b" else "b"
-    (ck / slot).mkdir(exist_ok=True)
-    meta = {"step": str(st.step), "batch": str(st.batch)}
-    n_layers = len(tcs)
-    for i, tc in enumerate(tcs):
-        t = {f"tc.{k}": v for k, v in tc.state_dict().items()}
-        for pid, ps in opts[i].state_dict()["state"].items():
-            for k, v in ps.items():
-                t[f"opt.{pid}.{k}"] = torch.as_tensor(v)
-        if fits is not None:
-            t.update(fits[i].state("fit."))
-            t.update(fits[n_layers + i].state("vfit."))
-        if pool is not None and pool[0]:
-            t["pool.x"], t["pool.y"] = pool[0][i], pool[1][i]
-        save_tensors(ck / slot / f"layer_{i}.safetensors", t, meta)
-    atomic_write_json(state_file, {"slot": slot, "config": cfg.to_dict(), "state": asdict(st)})
-
-
-def _load(
-    folder: Path, cfg: TrainConfig, tcs, opts, fits: list[SkipFit], pool: list[list]
-) -> TrainState:
-    from safetensors import safe_open
-
-    ck = folder / "checkpoint"
-    saved = json.loads((ck / "state.json").read_text())
-    if TrainConfig.from_dict(saved["config"]) != cfg:
-        old = saved["config"]
-        diff = {k: (old.get(k), v) for k, v in cfg.to_dict().items() if old.get(k) != v}
-        raise ValueError(
-            f"{ck} was written with other settings (saved, now): {diff}; use another --out "
-            f"or the same settings"
-        )
-    st = TrainState(**saved["state"])
-    for i, tc in enumerate(tcs):
-        path = ck / saved["slot"] / f"layer_{i}.safetensors"
-        with safe_open(str(path), framework="pt") as f:
-            if f.metadata().get("step") != str(st.step):
-                raise ValueError(f"{path} does not belong to checkpoint step {st.step}")
-            t = {k: f.get_tensor(k) for k in f.keys()}
-        tc.load_state_dict({k[3:]: v for k, v in t.items() if k.startswith("tc.")})
-        tc.invalidate()
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for k, v in t.items():
-            if k.startswith("opt."):
-                pid, name = k[4:].split(".", 1)
-                state.setdefault(int(pid), {})[name] = v
-        if state:
-            sd = opts[i].state_dict()
-            opts[i].load_state_dict({"state": state, "param_groups": sd["param_groups"]})
-        if st.phase == "skip":
-            fits[i].load(t, "fit.")
-            fits[len(tcs) + i].load(t, "vfit.")
-            if "pool.x" in t:
-                pool[0].append(t["pool.x"])
-                pool[1].append(t["pool.y"])
-    return st
-
-
-def _sample(pool, ins, outs, cfg: TrainConfig, batch: int) -> None:
-    """Add a few random tokens of this skip-phase batch (the same for every layer) to the
-    prototype pool, up to ``width`` tokens spread over the whole skip phase."""
-    have = int(pool[0][0].shape[0]) if pool[0] else 0
-    per_batch = math.ceil(1.25 * cfg.width * cfg.batch_tokens / cfg.skip_tokens)
-    take = min(per_batch, cfg.width - have, int(ins[0].shape[0]))
-    if take <= 0:
-        return
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + batch)
-    sel = torch.randperm(int(ins[0].shape[0]), generator=g)[:take]
-    for i in range(len(ins)):
-        for j, src in enumerate((ins, outs)):
-            part = src[i][sel]
-            if have:
-                pool[j][i] = torch.cat([pool[j][i], part])
-            elif i == len(pool[j]):
-                pool[j].append(part)
-
-
 def _batch(corpus: Corpus, plan: BatchPlan, i: int) -> list[np.ndarray]:
     return [corpus.seq(int(j)) for j in plan.batch(i)]
 
@@ -263,7 +210,7 @@ def train(
     # prototype tokens for the data initialization, sampled through the skip phase
     pool: list[list[torch.Tensor]] = [[], []]
     resume = (out / "checkpoint" / "state.json").exists()
-    st = _load(out, cfg, tcs, opts, fits, pool) if resume else None
+    st = load_checkpoint(out, cfg, tcs, opts, fits, pool) if resume else None
     st = st or TrainState()
     plan = BatchPlan(corpus, cfg.batch_tokens, cfg.prompt_share, cfg.seed)
     pad = lm.tokenizer.pad_token_id or 0
@@ -284,24 +231,28 @@ def train(
             disable=not progress,
             dynamic_ncols=True,
         )
+        only_prompts = cfg.skip_pool == "prompts" and len(plan.pools[0]) > 0
         while st.skip_n < cfg.skip_tokens and not out_of_time():
+            if only_prompts and corpus.pool[int(plan.batch(st.batch)[0])] != 0:
+                st.batch += 1  # a general-text batch: not used for the skip
+                continue
             t0 = time.monotonic()
             ins, outs = capture(lm.model, _batch(corpus, plan, st.batch), pad)
             val = n_layers if st.batch % 7 == 3 else 0
             for i in range(n_layers):
                 fits[val + i].update(ins[i], outs[i])
-            _sample(pool, ins, outs, cfg, st.batch)
+            sample_prototypes(pool, ins, outs, cfg, st.batch)
             st.batch += 1
             st.skip_n = fits[0].n + fits[n_layers].n
             st.seconds += time.monotonic() - t0
             bar.update(int(ins[0].shape[0]))
             since += 1
             if since >= cfg.checkpoint_every:
-                _save(out, cfg, st, tcs, opts, fits, pool)
+                save_checkpoint(out, cfg, st, tcs, opts, fits, pool)
                 since = 0
         bar.close()
         if st.skip_n < cfg.skip_tokens:
-            _save(out, cfg, st, tcs, opts, fits, pool)
+            save_checkpoint(out, cfg, st, tcs, opts, fits, pool)
             return tcs, st, "time"
         gen = torch.Generator()
         for i in range(n_layers):
@@ -313,7 +264,7 @@ def train(
             gen.manual_seed(cfg.seed * 7919 + i)
             tcs[i].init_from_data(x, r, gen, cfg.enc_init)
         st.phase = "sparse"
-        _save(out, cfg, st, tcs, opts, None)
+        save_checkpoint(out, cfg, st, tcs, opts, None)
         since = 0
     gen = torch.Generator()
     bar = tqdm(
@@ -333,7 +284,10 @@ def train(
             t0 = time.monotonic()
             ins, outs = capture(lm.model, _batch(corpus, plan, st.batch), pad)
             n = int(ins[0].shape[0])
-            lr = cfg.lr * min(1.0, (st.step + 1) / cfg.warmup_steps)
+            progress = st.tokens / tokens
+            if time_budget:
+                progress = max(progress, (time.monotonic() - start) / time_budget)
+            lr = cfg.lr_at(st.step, progress)
             fvu, l0, dead = [], [], []
             resampled = 0
             for i, (tc, opt) in enumerate(zip(tcs, opts, strict=True)):
@@ -380,6 +334,7 @@ def train(
                 "l0": float(np.mean(l0)),
                 "dead": float(np.mean(dead)),
                 "resampled": resampled,
+                "lr": lr,
             }
             st.history.append(rec)
             bar.update(min(n, max(tokens - bar.n, 0)))
@@ -394,12 +349,12 @@ def train(
                 log(json.dumps(rec))
             since += 1
             if since >= cfg.checkpoint_every:
-                _save(out, cfg, st, tcs, opts, None)
+                save_checkpoint(out, cfg, st, tcs, opts, None)
                 since = 0
     finally:
         bar.close()
         if since:
-            _save(out, cfg, st, tcs, opts, None)
+            save_checkpoint(out, cfg, st, tcs, opts, None)
     if not math.isfinite(st.history[-1]["fvu"] if st.history else 0.0):
         raise FloatingPointError("training diverged (FVU is not finite); lower --lr")
     return tcs, st, stopped
