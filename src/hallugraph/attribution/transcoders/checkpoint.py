@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from hallugraph.attribution.transcoders.config import TrainConfig, TrainState
 from hallugraph.io import atomic_write_json
 
 if TYPE_CHECKING:
     from hallugraph.attribution.transcoders.model import SkipFit
-    from hallugraph.attribution.transcoders.train import TrainConfig, TrainState
 
 __all__ = ["load_checkpoint", "sample_prototypes", "save_checkpoint"]
 
@@ -71,7 +71,6 @@ def load_checkpoint(
             f"{ck} was written with other settings (saved, now): {diff}; use another --out "
             f"or the same settings"
         )
-    from hallugraph.attribution.transcoders.train import TrainState
 
     st = TrainState(**saved["state"])
     for i, tc in enumerate(tcs):
