@@ -102,7 +102,7 @@ def test_max_shard_mb_splits_shards_and_keeps_every_trace(tiny_lm, tmp_path):
 
 
 def _spy_capture(monkeypatch):
-    import hallugraph.pipeline as pipe
+    import hallugraph.pipeline.worker as pipe
 
     seen: list[str] = []
     real = pipe.capture_batch
