@@ -182,3 +182,34 @@ def test_driver_killed_after_some_parts_then_rerun_gives_the_same_run(local_ray,
     assert s.units == (4, 4) and s.total == len(EXAMPLES)
     assert s.processed <= len(EXAMPLES) - kept  # the units done before the kill are kept
     assert_same_run(single / "kept", out)
+
+
+def _fails_on_unit_2():
+    """A worker whose writes of unit 2's part file fail (a full disk, say)."""
+    import hallugraph.pipeline.worker as w
+
+    real = w.write_part
+
+    def write_part(run_dir, unit, *a):
+        if unit.index == 2:
+            raise OSError(28, "No space left on device")
+        return real(run_dir, unit, *a)
+
+    w.write_part = write_part
+    return make_tiny_lm()
+
+
+def test_an_error_in_a_unit_names_it_and_keeps_the_others(local_ray, single, tmp_path):
+    from hallugraph.store import StoreError
+
+    with pytest.raises(StoreError, match=r"unit 2 .*No space left on device.*re-run"):
+        run_extract(out=tmp_path, workers=2, lm_factory=_fails_on_unit_2, **KW)
+    parts = sorted(p.name for p in (tmp_path / "units").glob("unit_*"))
+    assert parts[:2] == ["unit_00000.json", "unit_00001.json"] and "unit_00002.json" not in parts
+    published = len(TraceStore(tmp_path))  # the units done are published (unit 3 if it ran)
+    assert published == sum(
+        len(json.loads((tmp_path / "units" / p).read_text())["rows"]) for p in parts
+    )
+    s = run_extract(out=tmp_path, workers=2, lm_factory=make_tiny_lm, **KW)
+    assert s.processed == len(EXAMPLES) - published and s.total == len(EXAMPLES)
+    assert_same_run(single / "kept", tmp_path)

@@ -76,7 +76,7 @@ class RayPool:
         self.ray = ray = import_ray()
         self.started = False
         if address is not None:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+            ray.init(address=address)
             self.started = True
         elif not ray.is_initialized():
             ray.init(num_cpus=workers * max(1, threads), include_dashboard=False)
@@ -105,7 +105,13 @@ class RayPool:
 
     def call_one(self, method: str, *args: Any) -> Any:
         """``method(*args)`` on the first actor, waited for."""
-        return self.ray.get(self.actors[0].call.remote(method, *args))
+        try:
+            return self.ray.get(self.actors[0].call.remote(method, *args))
+        except Exception as err:  # noqa: BLE001 - the worker's error, said in one line
+            cause = getattr(err, "cause", None) or err
+            raise UnitFailed(
+                f"a worker failed ({method}): {type(cause).__name__}: {cause}"
+            ) from err
 
     def run(
         self,

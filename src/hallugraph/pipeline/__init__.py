@@ -194,28 +194,33 @@ def run_extract(
         )
     else:
         pool = _Local(UnitWorker(spec, lm))
-    with pool:
-        summary = _extract(
-            pool,
-            list(examples),
-            Path(out),
-            model=model,
-            dataset=dataset,
-            num_samples=num_samples,
-            settings=settings,
-            shard_size=shard_size,
-            dtype=dtype,
-            quantize=quantize,
-            keep_tensors=keep_tensors,
-            max_shard_mb=max_shard_mb,
-            codec=codec,
-            max_prompt_tokens=max_prompt_tokens,
-            on_long_prompt=on_long_prompt,
-            columns=columns,
-            num_parts=num_parts,
-            part=part,
-            progress=progress,
-        )
+    try:
+        with pool:
+            summary = _extract(
+                pool,
+                list(examples),
+                Path(out),
+                model=model,
+                dataset=dataset,
+                num_samples=num_samples,
+                settings=settings,
+                shard_size=shard_size,
+                dtype=dtype,
+                quantize=quantize,
+                keep_tensors=keep_tensors,
+                max_shard_mb=max_shard_mb,
+                codec=codec,
+                max_prompt_tokens=max_prompt_tokens,
+                on_long_prompt=on_long_prompt,
+                columns=columns,
+                num_parts=num_parts,
+                part=part,
+                progress=progress,
+            )
+    except UnitFailed as err:
+        raise StoreError(
+            f"{err}. What is done is kept: re-run the same command to resume."
+        ) from err
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -305,10 +310,6 @@ def _extract(pool: Any, examples: list[Example], out: Path, **a: Any) -> Extract
     merged = Merged()
     try:
         pool.run("run_unit", todo, on_result)
-    except UnitFailed as err:
-        raise StoreError(
-            f"{err}. The units done are kept: re-run the same command to resume."
-        ) from err
     finally:
         bar.close()
         if driver:
