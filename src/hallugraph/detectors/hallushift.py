@@ -56,7 +56,7 @@ class HalluShift(Detector):
         balanced: bool = True,
         seed: int = 0,
     ) -> None:
-        self.hidden = tuple(hidden)
+        self.hidden = hidden
         self.alpha = alpha
         self.max_iter = max_iter
         self.batch_size = batch_size
@@ -81,7 +81,7 @@ class HalluShift(Detector):
         # early stopping holds out a stratified validation fraction: it needs a few of each
         early = counts.min() * self.validation_fraction >= 2
         self.model_ = MLPClassifier(
-            hidden_layer_sizes=self.hidden,
+            hidden_layer_sizes=tuple(self.hidden),
             alpha=self.alpha,
             max_iter=self.max_iter,
             batch_size=self.batch_size,

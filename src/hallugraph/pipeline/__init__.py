@@ -351,13 +351,14 @@ def _redo_damaged(out: Path, writer: TraceWriter, merged: Merged, keep_tensors: 
     again (shard renamed ``*.damaged``, statistics caches and part file deleted)."""
     if not merged.rows:
         return {}
-    from hallugraph.features import all_statistics, cache_problem
+    from hallugraph.detectors.registry import detector_statistics
+    from hallugraph.features import cache_problem
 
     writer.rows = merged.rows
     writer.shards_done = list(dict.fromkeys(r["shard"] for r in merged.rows))
     # a pruned run: the statistics computed for it (a statistic added by a later version
     # has no folder yet and is not a reason to redo anything)
-    computed = [n for n in all_statistics() if (out / "stats" / n).is_dir()]
+    computed = [n for n in detector_statistics() if (out / "stats" / n).is_dir()]
     bad = writer.damaged_shards([] if keep_tensors else computed, cache_problem)
     for shard, problem in bad.items():
         log.warning("damaged shard %s (%s): its unit is extracted again", shard, problem)

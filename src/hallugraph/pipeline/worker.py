@@ -188,10 +188,11 @@ def _prune(run_dir: Path, shards: Sequence[str], rows: Sequence[dict[str, Any]])
 
     Only for fp16 runs: ``--codec predictive`` with ``--keep-tensors no`` is refused.
     """
-    from hallugraph.features import all_statistics, compute_stats
+    from hallugraph.detectors.registry import detector_statistics
+    from hallugraph.features import compute_stats
 
     store = TraceStore(run_dir, rows=rows)  # the unit's rows: the manifest does not have them yet
-    compute_stats(store, all_statistics(), shards=shards, progress=False)
+    compute_stats(store, detector_statistics(), shards=shards, progress=False)
     for shard in shards:
         os.unlink(run_dir / SHARD_DIR / shard)
 

@@ -22,8 +22,8 @@ from hallugraph.store.layout import (
     SHARD_DIR,
     SHARED,
     TENSOR_FIELDS,
-    _read_manifest,
     read_json_file,
+    read_manifest,
     unpack_tril,
 )
 
@@ -57,7 +57,7 @@ class TraceStore:
             raise StoreError(f"{self.dir} is not a hallugraph run (no {RUN_INFO})")
         self.info: dict[str, Any] = read_json_file(info_path)
         # ``rows``: the manifest rows of a unit not yet published (a worker's), instead of the file
-        self.rows = _read_manifest(self.dir) if rows is None else [dict(r) for r in rows]
+        self.rows = read_manifest(self.dir) if rows is None else [dict(r) for r in rows]
         self._expected: dict[str, dict[str, str]] | None = None
         self._shared: dict[str, np.ndarray] | None = None
         self.codec = self.info.get("codec", "fp16")
