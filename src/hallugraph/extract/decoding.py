@@ -82,12 +82,13 @@ def token_stats(
     logits: torch.Tensor, chosen: torch.Tensor | None = None
 ) -> tuple[list[int], list[float], list[float]]:
     """The chosen tokens (greedy when ``chosen`` is None), the log-prob of each, and the
-    entropy (nats) of each next-token distribution, from ``logits [n, vocab]``."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    entropy (nats) of each next-token distribution, from ``logits [n, vocab]``. Summed in
+    float64, then rounded to float32: the order of a sum depends on the number of threads."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
     tok = logp.argmax(-1) if chosen is None else chosen.to(logp.device)
     lp = logp.gather(-1, tok[:, None])[:, 0]
     ent = -(logp.exp() * logp).sum(-1)
-    return tok.tolist(), lp.tolist(), ent.tolist()
+    return tok.tolist(), lp.float().tolist(), ent.float().tolist()
 
 
 def _own_rows(at: torch.Tensor, key_mask: torch.Tensor, b: int, s: int, p: int) -> torch.Tensor:

@@ -5,8 +5,13 @@ Layout of a run directory::
     run.json                      what produced the run (model, dataset, settings, shapes)
     manifest.jsonl                one row per trace: metadata + where its tensors live
     shared.safetensors            rows of the prompt prefix common to every trace (written once)
-    shards/{model}_{dataset}_batch_{num:04d}.safetensors
-    errors.jsonl                  examples that failed (retried on resume)
+    shards/{model}_{dataset}_unit_{u:05d}.safetensors   the traces of unit u (``-k``: piece k)
+    units/plan.json               the units of work: example ids, fixed from the start
+    units/unit_{u:05d}.json       unit u is done: its manifest rows (hallugraph.extract.units)
+    errors.jsonl                  examples that failed (their unit is redone on resume)
+
+Runs of older versions name their shards ``..._batch_{num:04d}.safetensors`` and have no
+``units/``: they read the same, and a resumed extraction adopts their traces.
 
 What is stored, and what is not (it is redundant):
 

@@ -45,14 +45,19 @@ class TraceStore:
     """
 
     def __init__(
-        self, run_dir: str | os.PathLike[str], model: Any = None, verify: bool = True
+        self,
+        run_dir: str | os.PathLike[str],
+        model: Any = None,
+        verify: bool = True,
+        rows: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         self.dir = Path(run_dir)
         info_path = self.dir / RUN_INFO
         if not info_path.exists():
             raise StoreError(f"{self.dir} is not a hallugraph run (no {RUN_INFO})")
         self.info: dict[str, Any] = read_json_file(info_path)
-        self.rows = read_manifest(self.dir)
+        # ``rows``: the manifest rows of a unit not yet published (a worker's), instead of the file
+        self.rows = read_manifest(self.dir) if rows is None else [dict(r) for r in rows]
         self._expected: dict[str, dict[str, str]] | None = None
         self._shared: dict[str, np.ndarray] | None = None
         self.codec = self.info.get("codec", "fp16")

@@ -63,6 +63,7 @@ class TraceWriter:
         prefix_tokens: Sequence[int] = (),
         codec: str = "fp16",
         predictor: Any = None,
+        clean: bool = True,
     ) -> None:
         if shard_size < 1:
             raise StoreError("--shard-size must be at least 1")
@@ -100,7 +101,8 @@ class TraceWriter:
         check_out_dir(self.dir)
         info_path = self.dir / RUN_INFO
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.cleaned = clean_leftovers(self.dir)
+        # not while other processes write the run (``--part``): their temporary files live here
+        self.cleaned = clean_leftovers(self.dir) if clean else []
         info["checksum"] = ALGORITHM
         if info_path.exists():
             old = read_json_file(info_path)
@@ -138,6 +140,47 @@ class TraceWriter:
         self.errors = 0
         self.error_messages: list[str] = []
         self._error_lines: list[str] | None = None
+
+    @classmethod
+    def for_unit(
+        cls, run_dir: str | os.PathLike[str], prefix_tokens: Sequence[int], predictor: Any = None
+    ) -> TraceWriter:
+        """A worker's writer: it encodes traces and writes shards (and the shared prefix file,
+        :meth:`save_shared`) of a run whose ``run.json`` exists, and changes no other file."""
+        self = cls.__new__(cls)
+        self.dir = Path(run_dir)
+        self.info = read_json_file(self.dir / RUN_INFO)
+        self.codec = self.info.get("codec", "fp16")
+        self.predictor = predictor if self.codec == "predictive" else None
+        if self.codec == "predictive" and predictor is None:
+            raise StoreError("the predictive codec needs a predictor")
+        self.dtype = np.dtype(self.info["dtype"])
+        self.shard_name = self.info["shard_name"]
+        self.shard_size = int(self.info["shard_size"])
+        self.prefix_tokens = [int(t) for t in prefix_tokens]
+        if len(self.prefix_tokens) != int(self.info.get("prefix_len", 0)):
+            raise StoreError(f"{self.dir}: the shared prefix differs from the run's")
+        self._shared_ready = True
+        self._prefix_hidden = None
+        return self
+
+    def save_shared(self, hidden: np.ndarray, attentions: np.ndarray) -> dict[str, str]:
+        """Write the shared prefix file from its rows (``hidden [L+1, p, H]``, packed lower
+        triangle ``attentions [L, heads, p(p+1)/2]``); returns its checksums, which the run's
+        ``run.json`` must record (:meth:`record_shared`)."""
+        shared = {
+            "prefix.hidden_states": self._cast(hidden),
+            "prefix.attentions": self._cast(attentions),
+            "prefix.tokens": np.asarray(self.prefix_tokens, dtype=np.int64),
+        }
+        atomic_save(shared, self.dir / SHARED)
+        return {k: array_digest(v) for k, v in shared.items()}
+
+    def record_shared(self, checksums: dict[str, str]) -> None:
+        """Record the shared prefix file's checksums in ``run.json``."""
+        self.info["shared_checksums"] = dict(checksums)
+        write_run_info(self.dir, self.info)
+        self._shared_ready = True
 
     @property
     def next_shard(self) -> str:
@@ -288,26 +331,36 @@ class TraceWriter:
         self._error_lines.append(json.dumps({"question_id": question_id, "error": message}) + "\n")
         atomic_write_text(self.dir / ERRORS, "".join(self._error_lines))
 
+    def write_shard(
+        self, name: str, encoded: Sequence[tuple[dict[str, Any], dict[str, np.ndarray]]]
+    ) -> list[dict[str, Any]]:
+        """Write encoded traces as the shard ``name``; returns their manifest rows (not yet
+        in their place in the manifest: ``index`` is set when they are published)."""
+        tensors = {}
+        rows = []
+        for j, (meta, t) in enumerate(encoded):
+            key = f"{j:05d}"
+            for field, arr in t.items():
+                tensors[f"{key}.{field}"] = arr
+            row = dict(meta)
+            row.update(index=j, shard=name, key=key)  # index: set by the manifest's order
+            row["checksums"] = {field: array_digest(arr) for field, arr in t.items()}
+            row["row_checksum"] = row_digest(row)
+            rows.append(row)
+        atomic_save(
+            tensors, self.dir / SHARD_DIR / name, metadata={"format_version": str(FORMAT_VERSION)}
+        )
+        return rows
+
     def flush(self) -> None:
         """Write the buffered traces as one shard, then publish them in the manifest."""
         if not self._buffer:
             return
         name = self.next_shard
-        tensors = {}
-        new_rows = []
+        new_rows = self.write_shard(name, self._buffer)
         base = len(self.rows)
-        for j, (meta, t) in enumerate(self._buffer):
-            key = f"{j:05d}"
-            for field, arr in t.items():
-                tensors[f"{key}.{field}"] = arr
-            row = dict(meta)
-            row.update(index=base + j, shard=name, key=key)
-            row["checksums"] = {field: array_digest(arr) for field, arr in t.items()}
-            row["row_checksum"] = row_digest(row)
-            new_rows.append(row)
-        atomic_save(
-            tensors, self.dir / SHARD_DIR / name, metadata={"format_version": str(FORMAT_VERSION)}
-        )
+        for j, row in enumerate(new_rows):
+            row["index"] = base + j
         self.rows.extend(new_rows)
         self._write_manifest()
         self.done_ids.update(r["question_id"] for r in new_rows)
