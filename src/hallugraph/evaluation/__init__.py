@@ -42,7 +42,8 @@ is skipped on that run: no row, listed under "skipped" in the config and below t
 Outputs in ``out_dir`` (default ``RUN/../eval`` of the first run): ``results.md`` (the table),
 ``results.csv``, ``transfer.csv``, ``lodo.csv``, per dataset ``roc_<dataset>.png``,
 ``length_<dataset>.png`` (AUROC by answer length of the top detectors) and
-``fusion_weights_<dataset>.png``, and ``results.json`` (everything; ``by_run`` holds per run
+``fusion_weights_<dataset>.png``, ``scores_<dataset>.json`` (every answer's out-of-fold
+scores), and ``results.json`` (everything; ``by_run`` holds per run
 and detector the pooled AUROC with its CI and the leave-one-dataset-out AUROC, and the fusion's
 paired comparison with the best single detector).
 """

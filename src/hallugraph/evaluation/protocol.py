@@ -269,6 +269,7 @@ def evaluate(
         oof={k: dict(v) for k, v in oof.items()},
         labels={r.name: r.y for r in loaded},
         lengths={r.name: r.lengths for r in loaded},
+        index={r.name: r.labeled for r in loaded},
     )
     out = Path(out_dir) if out_dir is not None else Path(loaded[0].path).parent / "eval"
     report.save(out)

@@ -104,8 +104,9 @@ class EvalReport:
     ``paired``: per dataset, the fusion against the best single detector;
     ``runs``: per dataset, ``n``, ``n_questions`` and ``pct_halluc``;
     ``family_weights``: per dataset, the fusion's mean weight per signal family;
-    ``oof``: per dataset, ``{detector: [repeats, n] out-of-fold scores}`` with ``labels`` and
-    ``lengths`` (answer tokens) per dataset (for the plots; not saved);
+    ``oof``: per dataset, ``{detector: [repeats, n] out-of-fold scores}`` with ``labels``,
+    ``lengths`` (answer tokens) and ``index`` (trace index in the run) per dataset (the plots;
+    saved as ``scores_<dataset>.json``);
     ``files``: what was written.
     """
 
@@ -119,6 +120,8 @@ class EvalReport:
     oof: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
     labels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     lengths: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    index: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """Per dataset, each evaluated answer's trace index in its run directory."""
     out_dir: Path | None = None
     files: list[Path] = field(default_factory=list)
 
@@ -209,10 +212,26 @@ class EvalReport:
         atomic_write_text(path, json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n")
         return path
 
+    def scores_to_json(self, dataset: str, path: str | os.PathLike[str]) -> Path:
+        """Per-answer out-of-fold scores of ``dataset``: trace index in the run, label, and per
+        detector one list of scores per repeat."""
+        path = Path(path)
+        run = next((r["run"] for r in self.results if r["dataset"] == dataset), "")
+        payload = {
+            "dataset": dataset,
+            "run": run,
+            "trace_index": self.index.get(dataset, np.zeros(0)),
+            "label": self.labels.get(dataset, np.zeros(0)),
+            "answer_tokens": self.lengths.get(dataset, np.zeros(0)),
+            "scores": {k: np.round(v, 6) for k, v in self.oof.get(dataset, {}).items()},
+        }
+        atomic_write_text(path, json.dumps(jsonable(payload), allow_nan=False) + "\n")
+        return path
+
     def save(self, out_dir: str | os.PathLike[str]) -> list[Path]:
-        """Write ``results.md``, ``results.csv``, ``transfer.csv``, ``lodo.csv``, the per-run
-        plots (ROC, AUROC by answer length, the fusion's family weights) and ``results.json``
-        into ``out_dir``."""
+        """Write ``results.md``, ``results.csv``, ``transfer.csv``, ``lodo.csv``, per run the
+        plots (ROC, AUROC by answer length, the fusion's family weights) and the out-of-fold
+        scores (``scores_<dataset>.json``), and ``results.json`` into ``out_dir``."""
         from hallugraph.evaluation.plots import plot_family_weights, plot_length_bins, plot_roc
 
         out = Path(out_dir)
@@ -228,6 +247,7 @@ class EvalReport:
         for ds in self.runs:
             files.append(plot_roc(self, ds, out / f"roc_{_slug(ds)}.png"))
             files.append(plot_length_bins(self, ds, out / f"length_{_slug(ds)}.png"))
+            files.append(self.scores_to_json(ds, out / f"scores_{_slug(ds)}.json"))
             if self.family_weights.get(ds):
                 files.append(plot_family_weights(self, ds, out / f"fusion_weights_{_slug(ds)}.png"))
         files.append(self.to_json(out / "results.json"))
