@@ -226,3 +226,30 @@ def test_transfer_of_a_copy_has_nothing_to_test(tiny_run, tmp_path):
     for r in rep.transfer:
         assert r["n_test"] == 0 and "nothing to test" in r["notes"] and np.isnan(r["auroc"])
     assert all(r["n_train"] == 0 for r in rep.lodo)
+
+
+def test_fusion_is_compared_with_the_best_single_detector(tiny_run, tmp_path):
+    from hallugraph.detectors import get_detector
+
+    fusion = get_detector("fusion", bases=("perplexity", "min_logprob", "saplma_lr"))
+    out = tmp_path / "e"
+    rep = evaluate(
+        [tiny_run],
+        ["perplexity", "min_logprob", "saplma_lr", fusion],
+        out_dir=out,
+        folds=3,
+        repeats=1,
+        bootstrap=100,
+        progress=False,
+    )
+    ds = rep.config["datasets"][0]
+    best = max(("perplexity", "min_logprob", "saplma_lr"), key=lambda n: rep.row(ds, n)["auroc"])
+    data = json.loads((out / "results.json").read_text())
+    cmp = data["by_run"][ds]["fusion_vs_best"]
+    assert cmp["best_single"] == best and data["by_run"][ds]["best_single"] == best
+    assert cmp["diff"] == pytest.approx(rep.row(ds, "fusion")["auroc"] - rep.row(ds, best)["auroc"])
+    assert cmp["diff_lo"] <= cmp["diff"] <= cmp["diff_hi"] and 0 <= cmp["p"] <= 1
+    weights = data["by_run"][ds]["fusion_family_weights"]
+    assert set(weights) <= {"logits", "hidden"} and sum(weights.values()) == pytest.approx(1)
+    assert (out / f"fusion_weights_{ds}.png").stat().st_size > 1000
+    assert "Fusion against the best single detector" in (out / "results.md").read_text()

@@ -21,6 +21,7 @@ FAST = {
     "saplma_mlp": {"max_iter": 30},
     "hallushift": {"max_iter": 30},
     "lapeigvals": {"pca": 8},
+    "fusion": {"bases": ("perplexity", "saplma_lr", "lookback_lens", "groundedness_lr")},
 }
 VARIANTS = [(name, FAST.get(name, {})) for name in sorted(all_detectors())] + [
     ("graph_topology", {"model": "hgb", "hgb_max_iter": 10}),  # trees: structured node arrays
