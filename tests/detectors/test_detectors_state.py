@@ -91,7 +91,7 @@ def test_estimator_contract(name):
 def test_fitted_attributes_end_with_underscore(table):
     X, y = table
     det = get_detector("lapeigvals", pca=4).fit(X, y)
-    assert det.fitted_attributes() == ["model_", "pca_dim_"]
+    assert det.fitted_attributes() == ["fill_", "k_", "model_", "pca_dim_"]
     assert det.get_params()["pca"] == 4  # params untouched by fit
 
 
