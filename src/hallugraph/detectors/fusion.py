@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from hallugraph.detectors.base import Detector, NotApplicable, register
+from hallugraph.detectors.base import DETECTORS, Detector, NotApplicable, register
 from hallugraph.features import FeatureTable
 from hallugraph.splits import grouped_kfold
 
@@ -52,10 +52,16 @@ DEFAULT_BASES = (
 _EPS = 1e-6
 
 
-def _base(name: str, seed: int) -> Detector:
-    from hallugraph.detectors.registry import get_detector
+def _registered() -> dict[str, type[Detector]]:
+    """The registered detectors (the registry, which imports this module, has loaded them)."""
+    return {k: v for k, v in DETECTORS.items() if k != Fusion.name}
 
-    det = get_detector(name)
+
+def _base(name: str, seed: int) -> Detector:
+    reg = _registered()
+    if name not in reg:
+        raise KeyError(f"unknown base detector {name!r}; known: {', '.join(sorted(reg))}")
+    det = reg[name]()
     if "seed" in det.get_params():
         det.set_params(seed=seed)
     return det
@@ -94,9 +100,7 @@ class Fusion(Detector):
     _choices = {"normalize": ("none", "run")}
 
     def stats_read(self) -> tuple[str, ...]:
-        from hallugraph.detectors.registry import all_detectors
-
-        reg = all_detectors()
+        reg = _registered()
         out: dict[str, None] = {}
         for b in self.bases:
             if b in reg:
@@ -165,9 +169,7 @@ class Fusion(Detector):
         self.meta_ = LogisticRegression(C=self.C, class_weight="balanced", max_iter=1000).fit(Z, y)
         self.kept_ = tuple(kept)
         self.bases_ = {name: _base(name, self.seed).fit(X, y) for name in kept}
-        from hallugraph.detectors.registry import all_detectors
-
-        reg = all_detectors()
+        reg = _registered()
         coef = np.abs(self.meta_.coef_[0])
         total = coef.sum() or 1.0
         weights: dict[str, float] = {}
