@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="benchmark every detector on labeled runs")
     p.add_argument("runs", nargs="+", help="labeled run directories (one per dataset)")
     p.add_argument("--detectors", default=None, help="comma-separated names (default: all)")
-    p.add_argument("--out", default=None, help="folder for the table, CSV/JSON and ROC plots")
+    p.add_argument("--out", default=None, help="folder for the table, CSV/JSON, scores and plots")
     p.add_argument("--seed", type=int, default=0)
     _add_cv_args(p, folds=5, repeats=3)
     p.add_argument("--no-transfer", action="store_true", help="skip cross-dataset transfer")
