@@ -15,7 +15,11 @@ from hallugraph.evaluation import evaluate
 from hallugraph.evaluation.bootstrap import metrics_with_ci, paired_comparison, question_weights
 from hallugraph.io import atomic_write_text
 from hallugraph.splits import grouped_kfold
-from hallugraph.store.layout import MANIFEST, _read_manifest
+from hallugraph.store.layout import MANIFEST
+
+
+def _read_manifest(run):
+    return [json.loads(line) for line in (run / MANIFEST).read_text().splitlines() if line]
 
 
 def _qid_score(rows):
