@@ -29,20 +29,20 @@ run: setup          ## the main job on the default model and data
 	$(BIN)/hallugraph run $(ARGS)
 
 test: setup-attribution  ## the whole test suite (lint first), attribution tests included
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-fast: setup    ## skip the tests on the real default model
 	$(BIN)/python -m pytest -q -m "not real_model" $(ARGS)
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 format: setup
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks examples
+	$(BIN)/ruff format src tests benchmarks examples
 
 BENCH   ?= runs/bench
 KEEP    ?= no

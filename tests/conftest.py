@@ -24,7 +24,7 @@ def tiny_run(tmp_path_factory, tiny_lm):
     from hallugraph.extract import GenerationSettings
     from hallugraph.io import atomic_write_text
     from hallugraph.pipeline import run_extract
-    from hallugraph.store.layout import MANIFEST, _read_manifest
+    from hallugraph.store.layout import MANIFEST, read_manifest
 
     out = tmp_path_factory.mktemp("tiny_run")
     ctx = "Arthur's Magazine was an American literary periodical published in Philadelphia."
@@ -42,7 +42,7 @@ def tiny_run(tmp_path_factory, tiny_lm):
         shard_size=10,
         settings=GenerationSettings(max_new_tokens=6, batch_size=8),
     )
-    rows = _read_manifest(out)
+    rows = read_manifest(out)
     for i, r in enumerate(rows):
         r["label"] = i % 2
     atomic_write_text(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))

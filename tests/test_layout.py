@@ -43,9 +43,10 @@ STAGES: list[tuple[str, ...]] = [
     ("hallugraph.store",),
     ("hallugraph.labels",),
     ("hallugraph.features",),
-    # writes runs: extract -> store (-> features when the raw tensors are not kept)
-    ("hallugraph.pipeline",),
     ("hallugraph.detectors",),
+    # writes runs: extract -> store (-> every statistic the detectors read, when the raw
+    # tensors are not kept)
+    ("hallugraph.pipeline",),
     ("hallugraph.evaluation",),
     ("hallugraph.graphs",),
     ("hallugraph.attribution",),

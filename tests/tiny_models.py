@@ -85,3 +85,38 @@ TOY_QUESTIONS = [
         * 2
     )
 ]
+
+
+class FakeTable:
+    """The part of :class:`hallugraph.features.FeatureTable` a detector uses, over given arrays
+    ``{statistic: [n, ...]}``; named outputs (``"logit.min_logprob"``) are resolved as the real
+    table does."""
+
+    def __init__(self, arrays, labels=None, groups=None) -> None:
+        import numpy as np
+
+        self.arrays = arrays
+        self.labels = None if labels is None else np.asarray(labels)
+        self.groups = None if groups is None else np.asarray(groups)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def __getitem__(self, idx):
+        return FakeTable(
+            {k: v[idx] for k, v in self.arrays.items()},
+            None if self.labels is None else self.labels[idx],
+            None if self.groups is None else self.groups[idx],
+        )
+
+    def stat(self, name: str):
+        from hallugraph.features.registry import named_output
+
+        return named_output(name, self.stat) if "." in name else self.arrays[name]
+
+
+def toy_examples(questions, prefix: str = "t"):
+    """Examples with ids ``{prefix}{i}`` and no reference, one per question."""
+    from hallugraph.data import Example
+
+    return [Example(id=f"{prefix}{i}", question=q, references=()) for i, q in enumerate(questions)]

@@ -222,12 +222,13 @@ def run_extract(
     )
     redone: dict[str, str] = {}
     if writer.rows:  # a resumed run: find shards lost or damaged since, and redo their traces
-        from hallugraph.features import all_statistics, cache_problem
+        from hallugraph.detectors.registry import detector_statistics
+        from hallugraph.features import cache_problem
 
         # a pruned run: the statistics computed for it (a statistic added by a later version
         # has no folder yet and is not a reason to redo anything)
         stats_dir = Path(out) / "stats"
-        computed = [n for n in all_statistics() if (stats_dir / n).is_dir()]
+        computed = [n for n in detector_statistics() if (stats_dir / n).is_dir()]
         redone = writer.damaged_shards([] if keep_tensors else computed, cache_problem)
         for shard, problem in redone.items():
             log.warning("damaged shard %s (%s): its traces are extracted again", shard, problem)
@@ -308,9 +309,10 @@ def _prune(run_dir: Path, shard: str) -> None:
 
     Only for fp16 runs: ``--codec predictive`` with ``--keep-tensors no`` is refused.
     """
-    from hallugraph.features import all_statistics, compute_stats
+    from hallugraph.detectors.registry import detector_statistics
+    from hallugraph.features import compute_stats
 
-    compute_stats(run_dir, all_statistics(), shards=[shard], progress=False)
+    compute_stats(run_dir, detector_statistics(), shards=[shard], progress=False)
     (run_dir / "shards" / shard).unlink()
 
 

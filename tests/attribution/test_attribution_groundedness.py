@@ -36,7 +36,7 @@ from hallugraph.features import FeatureTable  # noqa: E402
 from hallugraph.features.groundedness import read_scores, scores_path  # noqa: E402
 from hallugraph.io import atomic_write_text  # noqa: E402
 from hallugraph.store import TraceStore
-from hallugraph.store.layout import MANIFEST, _read_manifest
+from hallugraph.store.layout import MANIFEST, read_manifest
 
 NODES = 16
 
@@ -227,7 +227,7 @@ def test_groundedness_clear_errors(tiny_run, tiny_ct, tmp_path, capsys, monkeypa
         assert main(_argv(run, tiny_ct, "--engine", "circuit-tracer")) == 2
         assert "need circuit-tracer" in capsys.readouterr().err
     # a run without any context
-    rows = _read_manifest(run)
+    rows = read_manifest(run)
     for r in rows:
         r["context_span"] = None
     atomic_write_text(run / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))

@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from hallugraph.detectors import NotApplicable, all_detectors, get_detector
 from hallugraph.features import FeatureTable
 from hallugraph.features.groundedness import write_scores
+from hallugraph.features.registry import named_output
 from hallugraph.store import TraceStore
 
 REPEAT = 10  # the tiny run (24 traces) read 10 times: 240 rows
@@ -37,7 +38,11 @@ def _table(monkeypatch, tiny_run):
     X = FeatureTable([tiny_run] * REPEAT)
     y = X.labels
     arr = _planted(y)
-    monkeypatch.setattr(FeatureTable, "stat", lambda self, name: arr[_rows(self)])
+
+    def stat(self, name):  # the planted array for "groundedness", by output name as the real one
+        return named_output(name, stat.__get__(self)) if "." in name else arr[_rows(self)]
+
+    monkeypatch.setattr(FeatureTable, "stat", stat)
     return X, y
 
 

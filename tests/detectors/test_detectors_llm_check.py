@@ -8,27 +8,10 @@ import shutil
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
+from tiny_models import FakeTable
 
 from hallugraph.detectors import all_detectors, get_detector
 from hallugraph.features import FeatureTable
-
-
-class FakeTable:
-    """The part of FeatureTable a detector uses, over given arrays."""
-
-    def __init__(self, arrays: dict[str, np.ndarray], labels, groups) -> None:
-        self.arrays, self.labels, self.groups = arrays, np.asarray(labels), np.asarray(groups)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, idx) -> FakeTable:
-        return FakeTable(
-            {k: v[idx] for k, v in self.arrays.items()}, self.labels[idx], self.groups[idx]
-        )
-
-    def stat(self, name: str) -> np.ndarray:
-        return self.arrays[name]
 
 
 def planted(n=600, seed=0, shuffle=False):

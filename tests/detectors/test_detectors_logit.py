@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from tiny_models import FakeTable
 
 from hallugraph.detectors import get_detector
-
-
-class FakeTable:
-    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
-        self.arrays = arrays
-
-    def stat(self, name: str) -> np.ndarray:
-        return self.arrays[name]
 
 
 def test_orientation_longer_and_less_likely_answers_score_higher():

@@ -9,28 +9,11 @@ import time
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
+from tiny_models import FakeTable
 
 from hallugraph.detectors import get_detector
 from hallugraph.detectors.probes import select_scalar, validation_split
 from hallugraph.features import FeatureTable
-
-
-class FakeTable:
-    """The part of FeatureTable a detector uses, over given arrays."""
-
-    def __init__(self, arrays: dict[str, np.ndarray], labels, groups) -> None:
-        self.arrays, self.labels, self.groups = arrays, np.asarray(labels), np.asarray(groups)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, idx) -> FakeTable:
-        return FakeTable(
-            {k: v[idx] for k, v in self.arrays.items()}, self.labels[idx], self.groups[idx]
-        )
-
-    def stat(self, name: str) -> np.ndarray:
-        return self.arrays[name]
 
 
 def planted(n=400, layers=5, dim=24, layer=3, strength=1.5, seed=0, shuffle=False):
@@ -68,8 +51,8 @@ def test_pool_mean_reads_hidden_mean():
     det = get_detector("saplma_lr", pool="mean").fit(tr, tr.labels)
     assert det.layer_ == 1  # hidden_mean holds the layers reversed: 3 -> 5 - 1 - 3
     assert det.score(te, te.labels) > 0.9
-    with pytest.raises(ValueError):
-        get_detector("saplma_lr", pool="max")
+    with pytest.raises(ValueError, match="pool must be one of"):
+        get_detector("saplma_lr", pool="max").fit(tr, tr.labels)
 
 
 @pytest.mark.parametrize("name", ["saplma_lr", "saplma_mlp"])

@@ -116,3 +116,14 @@ def test_set_state_refuses_another_detector(table):
         get_detector("mean_entropy").set_state(arrays, meta)
     with pytest.raises(StateError, match="format"):
         get_detector("perplexity").set_state(arrays, {**meta, "state_format": 99})
+
+
+@pytest.mark.parametrize("name", sorted(all_detectors()))
+def test_init_only_stores_its_arguments(name):
+    """scikit-learn's rule: ``__init__`` stores each argument as given (no check, no
+    conversion; checks happen in ``fit``), so get_params returns the very objects passed."""
+    cls = all_detectors()[name]
+    given = {k: object() for k in cls._get_param_names()}
+    det = cls(**given)
+    assert all(det.get_params()[k] is v for k, v in given.items())
+    assert det.set_params(**{k: 1 for k in given}).get_params() == {k: 1 for k in given}

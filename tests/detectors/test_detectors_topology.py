@@ -93,5 +93,5 @@ def test_graph_topology_on_the_tiny_run(tiny_run, tmp_path):
         assert p.shape == (24,) and np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
     assert det.family == "graph" and det.stats == ("graph_topology",)
     assert "graph_topology" in all_detectors()
-    with pytest.raises(ValueError):
-        get_detector("graph_topology", model="svm")
+    with pytest.raises(ValueError, match="model must be one of"):
+        get_detector("graph_topology", model="svm").fit(X, y)

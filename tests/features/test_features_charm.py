@@ -180,3 +180,22 @@ def test_on_the_tiny_run(tiny_run, tmp_path):
     assert cached_edges.dtype == np.uint8 and cached_nodes.dtype == np.float16
     np.testing.assert_array_equal(cached_edges, edges)
     np.testing.assert_array_equal(cached_nodes, nodes)
+
+
+def test_the_layout_is_computed_once_for_both_statistics(monkeypatch):
+    import hallugraph.features.charm as charm
+
+    calls = []
+    real = charm.graph_layout
+    monkeypatch.setattr(charm, "graph_layout", lambda *a, **k: calls.append(1) or real(*a, **k))
+    t = hand_trace()
+    graph = get_statistic("charm_graph").values(t, {})
+    nodes = get_statistic("charm_nodes").values(t, {})
+    assert len(calls) == 1
+    other = {**t, "attentions": t["attentions"].copy()}  # another trace: computed again
+    get_statistic("charm_graph").values(other, {})
+    assert len(calls) == 2
+    monkeypatch.setattr(charm, "graph_layout", real)
+    charm._CharmBase._last_layout = None
+    np.testing.assert_array_equal(get_statistic("charm_graph").values(t, {}), graph)
+    np.testing.assert_array_equal(get_statistic("charm_nodes").values(t, {}), nodes)

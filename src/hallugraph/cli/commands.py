@@ -101,11 +101,12 @@ def cmd_label(runs: Sequence[str], method: str, spot_check: int) -> int:
 
 
 def cmd_stats(runs: Sequence[str], prune: bool, progress: bool) -> int:
-    from hallugraph.features import all_statistics, compute_stats
+    from hallugraph.detectors.registry import detector_statistics
+    from hallugraph.features import compute_stats
     from hallugraph.store import TraceStore, mark_pruned
 
     for run in runs:
-        arrays = compute_stats(run, all_statistics(), progress=progress)
+        arrays = compute_stats(run, detector_statistics(), progress=progress)
         print(f"{run}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in arrays.items()))
         if prune:
             mark_pruned(run)

@@ -25,13 +25,13 @@ from hallugraph.data.example import (
     TRUTHFULQA_FILE,
     DatasetError,
     Example,
-    _data_file,
-    _dedup,
-    _iter_jsonl,
-    _open_csv,
-    _require,
-    _split_list_cell,
-    _take,
+    data_file,
+    dedup,
+    iter_jsonl,
+    open_csv,
+    require_fields,
+    split_list_cell,
+    take,
 )
 
 
@@ -42,10 +42,10 @@ def load_triviaqa(
 
     Ids are ``tqa_unf_val_{idx}``; references are the answer value followed by its aliases.
     """
-    path = _data_file(TRIVIAQA_FILE, data_dir, "triviaqa")
+    path = data_file(TRIVIAQA_FILE, data_dir, "triviaqa")
     out: list[Example] = []
-    for lineno, rec in _iter_jsonl(path):
-        _require(rec, ("idx", "question", "answers"), path, f"line {lineno}")
+    for lineno, rec in iter_jsonl(path):
+        require_fields(rec, ("idx", "question", "answers"), path, f"line {lineno}")
         answers = rec["answers"]
         if isinstance(answers, str):
             answers = [answers]
@@ -53,13 +53,13 @@ def load_triviaqa(
             Example(
                 id=f"tqa_unf_val_{rec['idx']}",
                 question=str(rec["question"]).strip(),
-                references=_dedup(answers),
+                references=dedup(answers),
                 meta={"idx": rec["idx"]},
             )
         )
         if num_samples is not None and len(out) >= num_samples:
             break
-    return _take(out, num_samples)
+    return take(out, num_samples)
 
 
 def load_truthfulqa(
@@ -71,7 +71,7 @@ def load_truthfulqa(
     the Correct Answers, deduplicated; ``incorrect``: the Incorrect Answers. ``meta`` holds
     ``type``, ``category`` and ``source``.
     """
-    path = _data_file(TRUTHFULQA_FILE, data_dir, "truthfulqa")
+    path = data_file(TRUTHFULQA_FILE, data_dir, "truthfulqa")
     needed = (
         "Type",
         "Category",
@@ -82,7 +82,7 @@ def load_truthfulqa(
         "Source",
     )
     out: list[Example] = []
-    with _open_csv(path) as fh:
+    with open_csv(path) as fh:
         reader = csv.DictReader(fh)
         header = [h.lstrip("\ufeff").strip() for h in (reader.fieldnames or [])]
         reader.fieldnames = header
@@ -97,10 +97,10 @@ def load_truthfulqa(
                 Example(
                     id=f"truthfulqa_{row_idx:04d}",
                     question=row["Question"].strip(),
-                    references=_dedup(
-                        [row["Best Answer"], *_split_list_cell(row["Correct Answers"])]
+                    references=dedup(
+                        [row["Best Answer"], *split_list_cell(row["Correct Answers"])]
                     ),
-                    incorrect=_dedup(_split_list_cell(row["Incorrect Answers"])),
+                    incorrect=dedup(split_list_cell(row["Incorrect Answers"])),
                     meta={
                         "type": row["Type"],
                         "category": row["Category"],
@@ -111,7 +111,7 @@ def load_truthfulqa(
             )
             if num_samples is not None and len(out) >= num_samples:
                 break
-    return _take(out, num_samples)
+    return take(out, num_samples)
 
 
 def load_halueval_qa(
@@ -124,11 +124,11 @@ def load_halueval_qa(
     (kept in that order even where both are the same text). Ids are ``halueval_qa_{line:04d}``
     (0-based record). The two files are checked to be aligned question by question.
     """
-    one_path = _data_file(HALUEVAL_ONE_TURN, data_dir, "halueval_qa")
-    multi_path = _data_file(HALUEVAL_MULTI_TURN, data_dir, "halueval_qa")
+    one_path = data_file(HALUEVAL_ONE_TURN, data_dir, "halueval_qa")
+    multi_path = data_file(HALUEVAL_MULTI_TURN, data_dir, "halueval_qa")
     keys = ("knowledge", "question", "right_answer", "hallucinated_answer")
-    one = list(_iter_jsonl(one_path))
-    multi = list(_iter_jsonl(multi_path))
+    one = list(iter_jsonl(one_path))
+    multi = list(iter_jsonl(multi_path))
     if len(one) != len(multi):
         raise DatasetError(
             f"halueval_qa: {one_path.name} has {len(one)} records but {multi_path.name} has "
@@ -136,8 +136,8 @@ def load_halueval_qa(
         )
     out: list[Example] = []
     for i, ((line_a, a), (line_b, b)) in enumerate(zip(one, multi, strict=True)):
-        _require(a, keys, one_path, f"line {line_a}")
-        _require(b, keys, multi_path, f"line {line_b}")
+        require_fields(a, keys, one_path, f"line {line_a}")
+        require_fields(b, keys, multi_path, f"line {line_b}")
         if str(a["question"]).strip() != str(b["question"]).strip():
             raise DatasetError(
                 f"halueval_qa: {one_path.name} and {multi_path.name} are misaligned at record {i} "
@@ -158,7 +158,7 @@ def load_halueval_qa(
                 meta={"line": i},
             )
         )
-    return _take(out, num_samples)
+    return take(out, num_samples)
 
 
 def load_halueval_qa_teacher_forced(
@@ -179,7 +179,7 @@ def load_halueval_qa_teacher_forced(
         for tag, answer, label in given:
             meta = {**ex.meta, "given_label": label, "group": ex.id}
             out.append(replace(ex, id=f"{ex.id}_{tag}", answer=answer, meta=meta))
-    return _take(out, num_samples)
+    return take(out, num_samples)
 
 
 DATASETS: dict[str, Callable[..., list[Example]]] = {

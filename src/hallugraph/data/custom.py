@@ -17,12 +17,12 @@ from hallugraph.data.example import (
     JSONL_SUFFIXES,
     DatasetError,
     Example,
-    _dedup,
-    _iter_jsonl,
-    _open_csv,
-    _read_text,
-    _split_list_cell,
-    _take,
+    dedup,
+    iter_jsonl,
+    open_csv,
+    read_text_file,
+    split_list_cell,
+    take,
 )
 
 # custom files
@@ -93,29 +93,29 @@ def _as_list(value: Any, path: Path, where: str, column: str, csv_cell: bool) ->
     if isinstance(value, list):
         if any(isinstance(v, (dict, list)) for v in value):
             raise DatasetError(f"{path}: {where}: column {column!r} must hold a list of strings")
-        return _dedup(value)
+        return dedup(value)
     if isinstance(value, dict):
         raise DatasetError(
             f"{path}: {where}: column {column!r} must hold a list or a string, got an object"
         )
     text = str(value)
     if csv_cell:
-        return _dedup(_split_list_cell(text))
+        return dedup(split_list_cell(text))
     if text.strip().startswith("["):
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError:
             parsed = None
         if isinstance(parsed, list):
-            return _dedup(parsed)
-    return _dedup([text])
+            return dedup(parsed)
+    return dedup([text])
 
 
 def _read_records(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str], bool]:
     """``([(line, record)], header, is_csv)``; header is the union of keys for JSONL."""
     suffix = path.suffix.lower()
     if suffix in CSV_SUFFIXES:
-        with _open_csv(path) as fh:
+        with open_csv(path) as fh:
             reader = csv.DictReader(fh)
             header = [h.lstrip("\ufeff").strip() for h in (reader.fieldnames or [])]
             reader.fieldnames = header
@@ -135,7 +135,7 @@ def _read_records(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[st
             head = fh.read(4096).lstrip()
         if suffix == ".json" and head.startswith("["):  # a JSON array of objects
             try:
-                data = json.loads(_read_text(path))
+                data = json.loads(read_text_file(path))
             except json.JSONDecodeError as err:
                 raise DatasetError(
                     f"{path}: line {err.lineno}: malformed JSON: {err.msg}"
@@ -148,7 +148,7 @@ def _read_records(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[st
                     )
                 records.append((i + 1, rec))
         else:
-            records = list(_iter_jsonl(path))
+            records = list(iter_jsonl(path))
         header: dict[str, None] = {}
         for _, rec in records:
             header.update(dict.fromkeys(rec))
@@ -248,7 +248,7 @@ def load_custom(
                 meta=meta,
             )
         )
-    return _take(out, num_samples)
+    return take(out, num_samples)
 
 
 def load_dataset(
@@ -266,7 +266,7 @@ def load_dataset(
     custom file's column names (identity names by default); it is an error with a registry
     name.
     """
-    _take([], num_samples)  # validate early
+    take([], num_samples)  # validate early
     name = str(name_or_path)
     if name in DATASETS:
         if columns:

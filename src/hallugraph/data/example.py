@@ -76,7 +76,7 @@ def _where(override: str | os.PathLike[str] | None) -> str:
     return "the default, ../shared/data beside the checkout"
 
 
-def _data_file(
+def data_file(
     parts: tuple[str, str], data_dir: str | os.PathLike[str] | None, dataset: str
 ) -> Path:
     root = _config_data_dir(data_dir)
@@ -90,7 +90,7 @@ def _data_file(
     return path
 
 
-def _take(examples: list[Example], num_samples: int | None) -> list[Example]:
+def take(examples: list[Example], num_samples: int | None) -> list[Example]:
     if num_samples is None:
         return examples
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
@@ -107,7 +107,7 @@ def _not_utf8(path: Path, err: UnicodeDecodeError) -> DatasetError:
     )
 
 
-def _read_text(path: Path) -> str:
+def read_text_file(path: Path) -> str:
     """The whole file as text (UTF-8, a BOM dropped); :class:`DatasetError` naming the file
     when it is not UTF-8."""
     try:
@@ -116,19 +116,19 @@ def _read_text(path: Path) -> str:
         raise _not_utf8(path, err) from None
 
 
-def _open_csv(path: Path) -> io.StringIO:
-    return io.StringIO(_read_text(path), newline="")
+def open_csv(path: Path) -> io.StringIO:
+    return io.StringIO(read_text_file(path), newline="")
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(1-based line number, record)`` for each non-blank line; each must be a JSON object."""
     try:
-        yield from _iter_jsonl_lines(path)
+        yield from iter_jsonl_lines(path)
     except UnicodeDecodeError as err:
         raise _not_utf8(path, err) from None
 
 
-def _iter_jsonl_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_jsonl_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open(encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -146,7 +146,9 @@ def _iter_jsonl_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, record
 
 
-def _require(record: Mapping[str, Any], keys: tuple[str, ...], path: Path, where: str) -> None:
+def require_fields(
+    record: Mapping[str, Any], keys: tuple[str, ...], path: Path, where: str
+) -> None:
     missing = [k for k in keys if k not in record]
     if missing:
         raise DatasetError(
@@ -155,7 +157,7 @@ def _require(record: Mapping[str, Any], keys: tuple[str, ...], path: Path, where
         )
 
 
-def _dedup(items: Any) -> tuple[str, ...]:
+def dedup(items: Any) -> tuple[str, ...]:
     """Non-empty strings, stripped, first occurrence kept."""
     seen: dict[str, None] = {}
     for item in items:
@@ -165,7 +167,7 @@ def _dedup(items: Any) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def _split_list_cell(cell: str) -> list[str]:
+def split_list_cell(cell: str) -> list[str]:
     """A CSV list cell: a JSON list, or items separated by ``"; "``.
 
     A stray ``;`` at either end of an item is dropped.

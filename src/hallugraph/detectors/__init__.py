@@ -12,7 +12,11 @@ restored detector's ``predict_proba`` gives the same numbers. Saving to a folder
 (``detector.json`` + ``weights.safetensors``) is :mod:`hallugraph.scoring.bundle`.
 
 Adding a detector: one new module in this package with a :class:`Detector` subclass decorated
-with :func:`register`, and one import line in :func:`_load_builtin`.
+with :func:`register` (and, when it needs a signal no statistic computes yet, its own
+:class:`~hallugraph.features.Statistic` in the same file), and one line in
+:mod:`hallugraph.detectors.registry`. A detector asks for statistics by name, one output of a
+statistic as ``"statistic.output"`` (``X.stat("logit.min_logprob")``), never by column index.
+``examples/answer_words.py`` is a complete one, run by the tests.
 
 A detector that cannot run on some data at all (its statistic was never computed for that run,
 e.g. attribution scores) raises :class:`NotApplicable`; ``evaluate`` then skips it on that run

@@ -71,10 +71,7 @@ class Detector:
         return {name: getattr(self, name) for name in self._get_param_names()}
 
     def set_params(self, **params: Any) -> Detector:
-        """Set parameters by name (unknown names raise ``ValueError``); returns ``self``.
-
-        The detector is re-initialized with the merged parameters, so ``__init__``'s checks run.
-        """
+        """Set parameters by name (unknown names raise ``ValueError``); returns ``self``."""
         names = self._get_param_names()
         unknown = sorted(set(params) - set(names))
         if unknown:
@@ -82,9 +79,22 @@ class Detector:
                 f"{type(self).__name__} has no parameter(s) {', '.join(unknown)}; "
                 f"its parameters: {', '.join(names) or '(none)'}"
             )
-        merged = {**self.get_params(), **params}
-        type(self).__init__(self, **merged)
+        for name, value in params.items():  # scikit-learn's rule: set, do not re-initialize
+            setattr(self, name, value)
         return self
+
+    _choices: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    """Parameters with a fixed set of values: checked by :meth:`check_params` (in ``fit``), not
+    in ``__init__``, which only stores its arguments (scikit-learn's rule)."""
+
+    def check_params(self) -> None:
+        """Raise ``ValueError`` naming a parameter whose value is not one of its choices."""
+        for name, allowed in self._choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{type(self).__name__}: {name} must be one of {sorted(allowed)}, "
+                    f"not {getattr(self, name)!r}"
+                )
 
     def fitted_attributes(self) -> list[str]:
         """Names of the attributes ``fit`` set (public, ending with ``_``)."""

@@ -134,8 +134,7 @@ def scored_values(X: FeatureTable) -> np.ndarray:
     Raises :class:`NotApplicable` when no trace of ``X`` was scored, ``ValueError`` when some
     were not (the detectors need every trace scored).
     """
-    v = np.asarray(X.stat(STAT), dtype=np.float64).reshape(len(X), -1)
-    scored = v[:, 3] > 0 if len(v) else np.zeros(0, dtype=bool)
+    scored = np.asarray(X.stat(f"{STAT}.scored")).reshape(len(X)) > 0
     how = "run `hallugraph groundedness RUN` (attribution graphs, needs a transcoder set) first"
     if not scored.any():
         raise NotApplicable(f"no trace has attribution scores: {how}")
@@ -144,7 +143,13 @@ def scored_values(X: FeatureTable) -> np.ndarray:
             f"{int((~scored).sum())} of {len(scored)} traces have no attribution scores: {how}, "
             "without --limit"
         )
-    return v[:, :3]
+    return np.stack(
+        [
+            np.asarray(X.stat(f"{STAT}.{k}"), np.float64).reshape(len(X))
+            for k in ("gctx", "rs", "cs")
+        ],
+        axis=1,
+    )
 
 
 class _GroundednessBase(Detector):
@@ -161,11 +166,12 @@ class GroundednessDetector(_GroundednessBase):
     supervised = False
 
     def __init__(self, alphas: Sequence[float] | None = None) -> None:
-        self.alphas = None if alphas is None else tuple(float(a) for a in alphas)
+        self.alphas = alphas
 
     def fit(self, X: FeatureTable, y: np.ndarray) -> GroundednessDetector:
         v = scored_values(X)
-        self.fit_ = fit_groundedness(v[:, 0], v[:, 1], v[:, 2], y, alphas=self.alphas)
+        alphas = None if self.alphas is None else tuple(float(a) for a in self.alphas)
+        self.fit_ = fit_groundedness(v[:, 0], v[:, 1], v[:, 2], y, alphas=alphas)
         self.alpha_ = self.fit_.alpha
         return self
 

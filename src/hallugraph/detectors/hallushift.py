@@ -62,7 +62,7 @@ class HalluShift(Detector):
         balanced: bool = True,
         seed: int = 0,
     ) -> None:
-        self.hidden = tuple(hidden)
+        self.hidden = hidden
         self.alpha = alpha
         self.max_iter = max_iter
         self.batch_size = batch_size

@@ -12,19 +12,18 @@ import numpy as np
 from hallugraph.detectors.base import Detector, register
 from hallugraph.features import FeatureTable
 
-# column of the "logit" statistic, sign so that higher = more hallucinated
-_COLUMNS = {"log_perplexity": (0, 1.0), "min_logprob": (2, -1.0), "mean_entropy": (3, 1.0)}
-
 
 class _LogitScore(Detector):
     family = "logits"
     stats = ("logit",)
     supervised = False
-    column: int
+    output: str
+    """The statistic's output read (``"logit.min_logprob"``)."""
     sign: float
+    """+1 or -1, so that a higher score = more likely hallucinated."""
 
     def _raw(self, X: FeatureTable) -> np.ndarray:
-        return self.sign * X.stat(self.stats[0])[:, self.column].astype(np.float64)
+        return self.sign * X.stat(self.output).reshape(-1).astype(np.float64)
 
     def fit(self, X: FeatureTable, y: np.ndarray) -> _LogitScore:
         s = self._raw(X)
@@ -42,7 +41,7 @@ class Perplexity(_LogitScore):
     """exp(-mean log p) of the answer's tokens (its log, which ranks the same)."""
 
     name = "perplexity"
-    column, sign = _COLUMNS["log_perplexity"]
+    output, sign = "logit.log_perplexity", 1.0
 
 
 @register
@@ -50,7 +49,7 @@ class MinLogProb(_LogitScore):
     """The least likely answer token: low = suspicious."""
 
     name = "min_logprob"
-    column, sign = _COLUMNS["min_logprob"]
+    output, sign = "logit.min_logprob", -1.0
 
 
 @register
@@ -58,7 +57,7 @@ class MeanEntropy(_LogitScore):
     """Mean entropy of the next-token distributions over the answer."""
 
     name = "mean_entropy"
-    column, sign = _COLUMNS["mean_entropy"]
+    output, sign = "logit.mean_entropy", 1.0
 
 
 @register
@@ -71,4 +70,4 @@ class AnswerLength(_LogitScore):
     name = "answer_length"
     family = "control"
     stats = ("answer_length",)
-    column, sign = 0, 1.0
+    output, sign = "answer_length", 1.0

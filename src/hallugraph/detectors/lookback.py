@@ -45,14 +45,15 @@ class LookbackLens(Detector):
     def __init__(
         self, context: str = "span", C: float = 1.0, seed: int = 0, max_iter: int = 1000
     ) -> None:
-        if context not in _STATS:
-            raise ValueError(f"context must be one of {sorted(_STATS)}, not {context!r}")
         self.context = context
         self.C = C
         self.seed = seed
         self.max_iter = max_iter
 
+    _choices = {"context": tuple(_STATS)}
+
     def stats_read(self) -> tuple[str, ...]:
+        self.check_params()
         return (_STATS[self.context],)
 
     def _features(self, X: FeatureTable) -> np.ndarray:
@@ -60,6 +61,7 @@ class LookbackLens(Detector):
         return r.reshape(len(r), -1).astype(np.float64)
 
     def fit(self, X: FeatureTable, y: np.ndarray) -> LookbackLens:
+        self.check_params()
         y = np.asarray(y).astype(np.int64)
         model = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
         self.model_ = fit_quiet(model, self._features(X), y)

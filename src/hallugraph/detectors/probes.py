@@ -84,13 +84,14 @@ class _LayerProbe(Detector):
     """``pool`` selects which one is read."""
 
     def __init__(self, pool: str = "last", C: float = 0.1, seed: int = 0) -> None:
-        if pool not in _POOLS:
-            raise ValueError(f"pool must be one of {sorted(_POOLS)}, not {pool!r}")
         self.pool = pool
         self.C = C
         self.seed = seed
 
+    _choices = {"pool": tuple(_POOLS)}
+
     def stats_read(self) -> tuple[str, ...]:
+        self.check_params()
         return (_POOLS[self.pool],)
 
     def _features(self, X: FeatureTable) -> np.ndarray:
@@ -103,6 +104,7 @@ class _LayerProbe(Detector):
         return fit_quiet(self._final_model(len(y)), Xl, y)
 
     def fit(self, X: FeatureTable, y: np.ndarray) -> _LayerProbe:
+        self.check_params()
         y = np.asarray(y).astype(np.int64)
         feats = self._features(X)
         self.layer_, self.val_auroc_ = select_layer_lr(feats, y, X.groups, self.C, self.seed)
@@ -141,7 +143,7 @@ class SaplmaMLP(_LayerProbe):
         max_iter: int = 300,
     ) -> None:
         super().__init__(pool=pool, C=C, seed=seed)
-        self.hidden = tuple(hidden)
+        self.hidden = hidden
         self.alpha = alpha
         self.max_iter = max_iter
 

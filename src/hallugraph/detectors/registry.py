@@ -41,3 +41,12 @@ def detector_from_state(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> 
     """A new detector of the registered class ``meta["detector"]`` with the state saved by
     :meth:`Detector.get_state`."""
     return get_detector(str(meta.get("detector"))).set_state(arrays, meta)
+
+
+def detector_statistics() -> list[str]:
+    """Every statistic a run may need: the built-in families and those defined beside a
+    detector (imported with the detectors)."""
+    from hallugraph.features import all_statistics
+
+    _load_builtin()
+    return all_statistics()

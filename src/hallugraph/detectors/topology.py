@@ -75,8 +75,6 @@ class GraphTopologyDetector(Detector):
         hgb_max_iter: int = 200,
         hgb_learning_rate: float = 0.05,
     ) -> None:
-        if model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}, not {model!r}")
         self.model = model
         self.C = C
         self.seed = seed
@@ -85,11 +83,14 @@ class GraphTopologyDetector(Detector):
         self.hgb_max_iter = hgb_max_iter
         self.hgb_learning_rate = hgb_learning_rate
 
+    _choices = {"model": MODELS}
+
     def _features(self, X: FeatureTable) -> np.ndarray:
         feats = topology_design(X.stat("graph_topology"))
         return np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
 
     def fit(self, X: FeatureTable, y: np.ndarray) -> GraphTopologyDetector:
+        self.check_params()
         y = np.asarray(y).astype(np.int64)
         if self.model == "logreg":
             clf = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)

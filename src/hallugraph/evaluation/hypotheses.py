@@ -76,7 +76,7 @@ HYPOTHESIS = (
     "(retrieved document, else the prompt) than correct answers"
 )
 STAT = "graph_topology"
-MEASURES: dict[str, int] = {"context": 0, "prompt": 1}
+MEASURES: dict[str, str] = {"context": "context_share", "prompt": "prompt_share"}
 """Measure name -> column of the ``graph_topology`` statistic."""
 PRIMARY = "context"
 RULE = (
@@ -339,9 +339,9 @@ def run_hypothesis(
     verdicts: dict[str, dict[str, Any]] = {}
     for name, table in zip(names, tables, strict=True):
         y = table.labels
-        values = table.stat(STAT)
-        for measure, col in MEASURES.items():
-            layer_rows = compare_layers(values[:, :, col], y, alpha=alpha, correction=correction)
+        for measure, output in MEASURES.items():
+            values = table.stat(f"{STAT}.{output}")  # [n, layers]
+            layer_rows = compare_layers(values, y, alpha=alpha, correction=correction)
             for r in layer_rows:
                 rows.append({"dataset": name, "measure": measure, **r})
             if measure == PRIMARY:

@@ -163,7 +163,7 @@ def _compute_shard(store, shard, rows, todo, bar) -> dict[str, np.ndarray]:
     traces = store.iter(fields=fields, shards=[shard]) if fields else iter(rows)
     for trace in traces:
         for st, _ in todo:
-            values[st.name].append(np.asarray(st.compute(trace, store.info), dtype=st.dtype))
+            values[st.name].append(st.values(trace, store.info))
         bar.update(1)
     out = {}
     for st, key in todo:

@@ -68,10 +68,11 @@ model: 512 x 1026 B = 525 KB): lower ``max_edges`` there.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -219,9 +220,19 @@ class _CharmBase(Statistic):
             "edge_share": "max_edges // n_answer",
         }
 
+    #: the last layout computed, shared by charm_graph and charm_nodes: both need the same
+    #: layout of the same trace, one after the other, in the one pass over a shard
+    _last_layout: ClassVar[tuple[Any, tuple[Any, GraphLayout]] | None] = None
+
     def layout(self, trace: Mapping[str, Any]) -> GraphLayout:
-        return graph_layout(
-            trace["attentions"],
+        """The trace's :func:`graph_layout` (computed once for both CHARM statistics)."""
+        attn = trace["attentions"]
+        key = (id(attn), attn.shape, trace.get("question_id"), json.dumps(self._layout_params()))
+        last = _CharmBase._last_layout
+        if last is not None and last[0] == key and last[1][0] is attn:
+            return last[1][1]
+        lay = graph_layout(
+            attn,
             trace["prompt_len"],
             trace["answer_len"],
             threshold=self.threshold,
@@ -230,6 +241,8 @@ class _CharmBase(Statistic):
             max_edges=self.max_edges,
             max_sources=self.max_sources,
         )
+        _CharmBase._last_layout = (key, (attn, lay))
+        return lay
 
 
 @register

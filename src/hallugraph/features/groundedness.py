@@ -98,6 +98,7 @@ class GroundednessScores(Statistic):
     trace was not scored)."""
 
     name = "groundedness"
+    outputs = COLUMNS
 
     def __init__(self) -> None:
         self._scores: dict[str, dict[str, Any]] = {}
@@ -111,9 +112,8 @@ class GroundednessScores(Statistic):
         self._scores = _parse(data, path)["scores"]
         return hashlib.sha256(data).hexdigest()[:16]
 
-    def compute(self, trace: Mapping[str, Any], run_info: Mapping[str, Any]) -> np.ndarray:
+    def compute(self, trace: Mapping[str, Any], run_info: Mapping[str, Any]) -> dict[str, float]:
         rec = self._scores.get(trace["question_id"])
         if rec is None:
-            return np.array([np.nan, np.nan, np.nan, 0.0], dtype=np.float32)
-        vals = [float(rec.get(k, np.nan)) for k in COLUMNS[:3]]
-        return np.array([*vals, 1.0], dtype=np.float32)
+            return {"gctx": np.nan, "rs": np.nan, "cs": np.nan, "scored": 0.0}
+        return {**{k: float(rec.get(k, np.nan)) for k in COLUMNS[:3]}, "scored": 1.0}

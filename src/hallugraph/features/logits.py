@@ -23,16 +23,22 @@ def answer_content(trace: Mapping[str, Any]) -> slice:
 
 @register
 class LogitStats(Statistic):
-    """``[log_perplexity, mean_logprob, min_logprob, mean_entropy, max_entropy]`` over the
-    answer's content tokens."""
+    """Log-probabilities and entropies of the answer's content tokens, from the manifest."""
 
     name = "logit"
+    outputs = ("log_perplexity", "mean_logprob", "min_logprob", "mean_entropy", "max_entropy")
 
-    def compute(self, trace: Mapping[str, Any], run_info: Mapping[str, Any]) -> np.ndarray:
+    def compute(self, trace: Mapping[str, Any], run_info: Mapping[str, Any]) -> dict[str, float]:
         span = answer_content(trace)
         lp = np.asarray(trace["token_logprobs"], dtype=np.float64)[span]
         ent = np.asarray(trace["token_entropy"], dtype=np.float64)[span]
-        return np.array([-lp.mean(), lp.mean(), lp.min(), ent.mean(), ent.max()], np.float32)
+        return {
+            "log_perplexity": -lp.mean(),
+            "mean_logprob": lp.mean(),
+            "min_logprob": lp.min(),
+            "mean_entropy": ent.mean(),
+            "max_entropy": ent.max(),
+        }
 
 
 @register

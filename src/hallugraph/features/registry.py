@@ -4,8 +4,11 @@ modules already imported."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from hallugraph.features.base import STATISTICS, Statistic
+import numpy as np
+
+from hallugraph.features.base import STATISTICS, Statistic, output_of
 
 log = logging.getLogger(__name__)
 
@@ -35,3 +38,10 @@ def all_statistics() -> list[str]:
     """Names of every registered statistic."""
     _load_builtin()
     return sorted(STATISTICS)
+
+
+def named_output(name: str, read: Callable[[str], np.ndarray]) -> np.ndarray:
+    """``"statistic.output"``: that output of the statistic's array ``read(statistic)``, by the
+    name the statistic declares (:attr:`Statistic.outputs`)."""
+    stat = name.partition(".")[0]
+    return output_of(name, get_statistic(stat).outputs, read(stat))

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from hallugraph.features.cache import compute_stats
+from hallugraph.features.registry import named_output
 from hallugraph.store import TraceStore
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class FeatureTable:
         )
 
     def stat(self, name: str) -> np.ndarray:
+        """``[n, ...]``: the statistic ``name``, or one of its outputs (``"logit.min_logprob"``)."""
+        if "." in name:
+            return named_output(name, self.stat)
         if name not in self._cache:
             parts = [compute_stats(s, [name], progress=self.progress)[name] for s in self.stores]
             shapes = {p.shape[1:] for p in parts if len(p)}

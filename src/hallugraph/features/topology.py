@@ -170,6 +170,7 @@ class GraphTopology(Statistic):
     normalized entropy (see the module docstring)."""
 
     name = "graph_topology"
+    outputs = TOPOLOGY_FEATURES
     fields = ("attentions",)
 
     def __init__(self, threshold: float = THRESHOLD, damping: float = DAMPING) -> None:

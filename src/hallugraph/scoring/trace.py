@@ -1,12 +1,12 @@
 """One new answer as a trace in memory, its statistics, and per-token scores.
 
-The benchmark path computes a statistic as ``np.asarray(stat.compute(trace, run_info),
-dtype=stat.dtype)`` over traces read from a run (:func:`hallugraph.features.compute_stats`),
+The benchmark path computes a statistic as ``stat.values(trace, run_info)`` (its ``compute``,
+cast to its ``dtype``) over traces read from a run (:func:`hallugraph.features.compute_stats`),
 with tensors stored in the run's dtype (fp16 by default). Here the trace comes from the same
 capture (:func:`hallugraph.extract.capture_batch`), its tensors are cast to the run's dtype and
 laid out as :class:`hallugraph.store.TraceStore` returns them (prefix rows + own rows, the
 packed lower triangle unpacked with :func:`hallugraph.store.unpack_tril`), and the statistic is
-computed by the same ``compute`` and cast: the numbers are those a run would hold.
+computed by the same ``values``: the numbers are those a run would hold.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from hallugraph.features import get_statistic
+from hallugraph.features.registry import named_output
 
 
 def assemble(trace: Any, fields: Iterable[str], dtype: str = "float16") -> dict[str, Any]:
@@ -56,7 +57,7 @@ def trace_statistics(
     out = {}
     for n in dict.fromkeys(names):
         st = get_statistic(n)
-        out[n] = np.stack([np.asarray(st.compute(t, run_info), dtype=st.dtype) for t in traces])
+        out[n] = np.stack([st.values(t, run_info) for t in traces])
     return out
 
 
@@ -84,6 +85,8 @@ class StatTable:
         return np.array([str(r.get("question_id", i)) for i, r in enumerate(self._rows)])
 
     def stat(self, name: str) -> np.ndarray:
+        if "." in name:
+            return named_output(name, self.stat)
         if name not in self._stats:
             raise KeyError(f"statistic {name!r} was not computed for these answers")
         return self._stats[name]

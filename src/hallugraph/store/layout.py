@@ -54,13 +54,11 @@ FORMAT_VERSION = 1
 
 TENSOR_FIELDS = ("hidden_states", "attentions")
 CODECS = ("fp16", "predictive")
-_INFO_DEFAULTS = {"codec": "fp16", "max_shard_mb": 4096.0}  # keys older runs lack: implied value
+INFO_DEFAULTS = {"codec": "fp16", "max_shard_mb": 4096.0}  # keys older runs lack: implied value
 #: Settings older runs did not record: not compared on resume when the old run lacks them.
-_UNRECORDED_BEFORE = frozenset({"device", "max_prompt_tokens", "on_long_prompt", "columns"})
+UNRECORDED_BEFORE = frozenset({"device", "max_prompt_tokens", "on_long_prompt", "columns"})
 #: Keys of run.json that a resume may change (they describe the state, not the settings).
-_STATE_KEYS = frozenset(
-    {"num_samples", "created", "checksum", "shared_checksums", "tensors_pruned"}
-)
+STATE_KEYS = frozenset({"num_samples", "created", "checksum", "shared_checksums", "tensors_pruned"})
 
 
 def check_out_dir(run_dir: str | os.PathLike[str]) -> None:
@@ -90,7 +88,7 @@ def mark_pruned(run_dir: str | os.PathLike[str]) -> None:
         write_run_info(Path(run_dir), info)
 
 
-def _atomic_save(
+def atomic_save(
     tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str] | None = None
 ) -> None:
     atomic_write_safetensors(path, tensors, metadata)
@@ -159,7 +157,7 @@ def check_codec(codec: str, dtype: str) -> None:
         )
 
 
-def _read_manifest(run_dir: Path) -> list[dict[str, Any]]:
+def read_manifest(run_dir: Path) -> list[dict[str, Any]]:
     """The manifest's rows; :class:`StoreError` naming the file and line when one is damaged
     (not UTF-8, not JSON, or its ``row_checksum`` does not match its fields)."""
     path = run_dir / MANIFEST

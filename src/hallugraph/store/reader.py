@@ -22,8 +22,8 @@ from hallugraph.store.layout import (
     SHARD_DIR,
     SHARED,
     TENSOR_FIELDS,
-    _read_manifest,
     read_json_file,
+    read_manifest,
     unpack_tril,
 )
 
@@ -52,7 +52,7 @@ class TraceStore:
         if not info_path.exists():
             raise StoreError(f"{self.dir} is not a hallugraph run (no {RUN_INFO})")
         self.info: dict[str, Any] = read_json_file(info_path)
-        self.rows = _read_manifest(self.dir)
+        self.rows = read_manifest(self.dir)
         self._expected: dict[str, dict[str, str]] | None = None
         self._shared: dict[str, np.ndarray] | None = None
         self.codec = self.info.get("codec", "fp16")

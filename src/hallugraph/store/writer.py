@@ -20,22 +20,22 @@ from hallugraph.store.integrity import (
     row_digest,
 )
 from hallugraph.store.layout import (
-    _INFO_DEFAULTS,
-    _STATE_KEYS,
-    _UNRECORDED_BEFORE,
     ERRORS,
     FORMAT_VERSION,
+    INFO_DEFAULTS,
     MANIFEST,
     RUN_INFO,
     SHARD_DIR,
     SHARED,
-    _atomic_save,
-    _read_manifest,
+    STATE_KEYS,
+    UNRECORDED_BEFORE,
+    atomic_save,
     check_codec,
     check_out_dir,
     clean_leftovers,
     pack_tril,
     read_json_file,
+    read_manifest,
     tril_size,
     write_run_info,
 )
@@ -107,9 +107,9 @@ class TraceWriter:
             diff = [
                 k
                 for k in set(old) | set(info)
-                if k not in _STATE_KEYS
-                and not (k in _UNRECORDED_BEFORE and k not in old)
-                and old.get(k, _INFO_DEFAULTS.get(k)) != info.get(k)
+                if k not in STATE_KEYS
+                and not (k in UNRECORDED_BEFORE and k not in old)
+                and old.get(k, INFO_DEFAULTS.get(k)) != info.get(k)
             ]
             if diff:
                 raise StoreError(
@@ -120,7 +120,7 @@ class TraceWriter:
                 if k in old:
                     info[k] = old[k]
         (self.dir / SHARD_DIR).mkdir(exist_ok=True)
-        self.rows: list[dict[str, Any]] = _read_manifest(self.dir)
+        self.rows: list[dict[str, Any]] = read_manifest(self.dir)
         if info_path.exists() and "checksum" not in old and self.rows:
             # a run of an older version: it stays one (its old traces have no checksums; the
             # new ones get theirs all the same)
@@ -237,7 +237,7 @@ class TraceWriter:
                 "prefix.attentions": self._cast(attentions[..., : tril_size(p)]),
                 "prefix.tokens": np.asarray(self.prefix_tokens, dtype=np.int64),
             }
-            _atomic_save(shared, self.dir / SHARED)
+            atomic_save(shared, self.dir / SHARED)
             self.info["shared_checksums"] = {k: array_digest(v) for k, v in shared.items()}
             write_run_info(self.dir, self.info)
             self._shared_ready = True
@@ -305,7 +305,7 @@ class TraceWriter:
             row["checksums"] = {field: array_digest(arr) for field, arr in t.items()}
             row["row_checksum"] = row_digest(row)
             new_rows.append(row)
-        _atomic_save(
+        atomic_save(
             tensors, self.dir / SHARD_DIR / name, metadata={"format_version": str(FORMAT_VERSION)}
         )
         self.rows.extend(new_rows)

@@ -25,7 +25,6 @@ __all__ = ["RunView", "lookback_per_token", "top_sources"]
 
 LIST_SCORES = ("log_perplexity", "min_logprob", "mean_entropy")
 """Per-trace scores shown in the trace list (columns of the ``logit`` statistic)."""
-_LOGIT_COLUMNS = {"log_perplexity": 0, "min_logprob": 2, "mean_entropy": 3}
 SORT_KEYS = ("index", "label", "answer_len", *LIST_SCORES)
 TOP_SOURCES = 5
 
@@ -142,9 +141,9 @@ class RunView:
                     "seq_len": int(r.get("seq_len", 0)),
                 }
                 try:
-                    v = logit.compute(r, self.store.info)
-                    for name, col in _LOGIT_COLUMNS.items():
-                        item[name] = _finite(v[col])
+                    v = logit.values(r, self.store.info)
+                    for name in LIST_SCORES:
+                        item[name] = _finite(v[logit.outputs.index(name)])
                 except (KeyError, ValueError, IndexError, TypeError):
                     item.update({name: None for name in LIST_SCORES})
                 out.append(item)

@@ -17,7 +17,7 @@ from hallugraph.evaluation.bootstrap import metrics_with_ci, question_weights
 from hallugraph.io import atomic_write_text
 from hallugraph.metrics import average_precision, choose_threshold, roc_auc
 from hallugraph.splits import split_groups
-from hallugraph.store.layout import MANIFEST, _read_manifest
+from hallugraph.store.layout import MANIFEST, read_manifest
 
 # ---------------------------------------------------------------------------------- splits
 
@@ -284,7 +284,7 @@ def test_evaluate_default_out_dir(tiny_run, tmp_path):
 def test_unlabeled_run_names_label_command(tiny_run, tmp_path):
     run = tmp_path / "unlabeled"
     shutil.copytree(tiny_run, run)
-    rows = _read_manifest(run)
+    rows = read_manifest(run)
     for r in rows:
         r.pop("label", None)
     atomic_write_text(run / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
@@ -300,7 +300,7 @@ def test_unknown_detector_name(tiny_run, tmp_path):
 def test_single_class_run_no_crash(tiny_run, tmp_path):
     run = tmp_path / "allhall"
     shutil.copytree(tiny_run, run)
-    rows = _read_manifest(run)
+    rows = read_manifest(run)
     for r in rows:
         r["label"] = 1
     atomic_write_text(run / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
@@ -408,7 +408,7 @@ def test_report_names_detectors_that_failed_on_every_run(tiny_run, tmp_path):
 def test_unlabelable_traces_are_left_out(tiny_run, tmp_path):
     run = tmp_path / "partly"
     shutil.copytree(tiny_run, run)
-    rows = _read_manifest(run)
+    rows = read_manifest(run)
     for r in rows[:4]:
         r.pop("label")
         r["label_rule"], r["label_details"] = "match", {"unlabeled": "no usable reference"}

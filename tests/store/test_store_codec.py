@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 from safetensors import safe_open
-from tiny_models import make_tiny_lm
+from tiny_models import make_tiny_lm, toy_examples
 
 import hallugraph.store.writer as store_mod
-from hallugraph.data import Example
 from hallugraph.extract import GenerationSettings
 from hallugraph.pipeline import run_extract
 from hallugraph.store import StoreError, TraceStore, TraceWriter, pack_tril
@@ -29,7 +28,7 @@ QUESTIONS = [f"{w} question {i} about the fox?" for i, w in enumerate(["Who", "W
 
 
 def toy():
-    return [Example(id=f"c{i}", question=q, references=()) for i, q in enumerate(QUESTIONS)]
+    return toy_examples(QUESTIONS, "c")
 
 
 def extract(lm, out, codec="fp16", **kw):
@@ -175,17 +174,17 @@ def test_other_arithmetic_is_refused_unless_verify_false(tiny_lm, tmp_path, monk
 
 def test_predictive_resume_after_kill(tiny_lm, tmp_path, monkeypatch):
     extract(tiny_lm, tmp_path / "full", codec="predictive")
-    real_save = store_mod._atomic_save
+    real_save = store_mod.atomic_save
 
     def killed_on_second_shard(tensors, path, metadata=None):
         if "batch_0001" in path.name:
             raise KeyboardInterrupt
         return real_save(tensors, path, metadata)
 
-    monkeypatch.setattr(store_mod, "_atomic_save", killed_on_second_shard)
+    monkeypatch.setattr(store_mod, "atomic_save", killed_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
         extract(tiny_lm, tmp_path / "killed", codec="predictive")
-    monkeypatch.setattr(store_mod, "_atomic_save", real_save)
+    monkeypatch.setattr(store_mod, "atomic_save", real_save)
     assert len(TraceStore(tmp_path / "killed")) == 2
     with pytest.raises(StoreError, match="codec"):  # resuming with the other codec is refused
         extract(tiny_lm, tmp_path / "killed")

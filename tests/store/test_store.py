@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from tiny_models import toy_examples
 
 import hallugraph.store.writer as store_mod
-from hallugraph.data import Example
 from hallugraph.extract import GenerationSettings
 from hallugraph.pipeline import run_extract
 from hallugraph.store import StoreError, TraceStore, TraceWriter, pack_tril, tril_size, unpack_tril
@@ -17,7 +17,7 @@ QUESTIONS = [f"Question number {i} about Paris?" for i in range(7)]
 
 
 def toy(n=7):
-    return [Example(id=f"t{i}", question=q, references=()) for i, q in enumerate(QUESTIONS[:n])]
+    return toy_examples(QUESTIONS[:n], "t")
 
 
 def fake_trace(rng, S, L=2, heads=3, H=4, tokens=None):
@@ -113,7 +113,7 @@ def _manifest(path):
 
 def test_resume_after_kill_gives_same_manifest(tiny_lm, tmp_path, monkeypatch):
     _run(tiny_lm, tmp_path / "full")
-    real_save = store_mod._atomic_save
+    real_save = store_mod.atomic_save
     calls = {"n": 0}
 
     def killed_on_third_shard(tensors, path, metadata=None):
@@ -124,13 +124,13 @@ def test_resume_after_kill_gives_same_manifest(tiny_lm, tmp_path, monkeypatch):
         calls["n"] += 1
         return real_save(tensors, path, metadata)
 
-    monkeypatch.setattr(store_mod, "_atomic_save", killed_on_third_shard)
+    monkeypatch.setattr(store_mod, "atomic_save", killed_on_third_shard)
     with pytest.raises(KeyboardInterrupt):
         _run(tiny_lm, tmp_path / "killed")
     killed = tmp_path / "killed"
     assert len(_manifest(killed)) == 4  # two whole shards are published, nothing else
     assert not (killed / "shards" / "tiny_toy_batch_0002.safetensors").exists()
-    monkeypatch.setattr(store_mod, "_atomic_save", real_save)
+    monkeypatch.setattr(store_mod, "atomic_save", real_save)
     summary = _run(tiny_lm, killed)
     assert summary.processed == 3 and summary.total == 7
     assert _manifest(killed) == _manifest(tmp_path / "full")
