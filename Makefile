@@ -46,14 +46,20 @@ format: setup
 
 BENCH   ?= runs/bench
 KEEP    ?= no
+FOLDS   ?= 5
+REPEATS ?= 3
+TABLE   ?= docs/benchmark
 
-benchmark-table: setup  ## docs/BENCHMARKS.md's detector table: extract, label, stats, evaluate (~1 h on 2 cores)
-	$(BIN)/hallugraph extract --dataset triviaqa --num-samples 1000 --out $(BENCH)/triviaqa --keep-tensors $(KEEP)
+benchmark-table: setup  ## docs/benchmark/: extract, label, then 5x3 cross-validation, transfer and leave-one-dataset-out of every detector and the fusion (several hours on 2 cores: CHARM's fits dominate)
+	$(BIN)/hallugraph extract --dataset triviaqa --num-samples 5000 --out $(BENCH)/triviaqa --keep-tensors $(KEEP)
 	$(BIN)/hallugraph extract --dataset truthfulqa --out $(BENCH)/truthfulqa --keep-tensors $(KEEP)
 	$(BIN)/hallugraph extract --dataset halueval_qa_tf --out $(BENCH)/halueval_qa_tf --keep-tensors $(KEEP)
 	$(BIN)/hallugraph extract --dataset halueval_qa --out $(BENCH)/halueval_qa --keep-tensors $(KEEP)
 	$(BIN)/hallugraph label $(BENCH)/triviaqa $(BENCH)/truthfulqa $(BENCH)/halueval_qa_tf $(BENCH)/halueval_qa
-	$(BIN)/hallugraph evaluate $(BENCH)/triviaqa $(BENCH)/truthfulqa $(BENCH)/halueval_qa_tf $(BENCH)/halueval_qa --out $(BENCH)/eval
+	$(BIN)/hallugraph evaluate $(BENCH)/triviaqa $(BENCH)/truthfulqa $(BENCH)/halueval_qa_tf $(BENCH)/halueval_qa --folds $(FOLDS) --repeats $(REPEATS) --out $(BENCH)/eval
+	mkdir -p $(TABLE)
+	rm -f $(TABLE)/roc_*.png $(TABLE)/length_*.png $(TABLE)/fusion_weights_*.png $(TABLE)/scores_*.json
+	cp $(BENCH)/eval/results.md $(BENCH)/eval/results.csv $(BENCH)/eval/transfer.csv $(BENCH)/eval/lodo.csv $(BENCH)/eval/*.png $(BENCH)/eval/scores_*.json $(BENCH)/eval/results.json $(TABLE)/
 
 transcoders: setup  ## the documented transcoder set for SmolLM2-135M (~2 h on 2 cores; resumable; installs python3.11-doc, dict-gcide)
 	@test -d /usr/share/doc/python3.11/html/_sources -a -f /usr/share/dictd/gcide.dict.dz \

@@ -480,3 +480,21 @@ def test_non_utf8_file_is_an_error_naming_it(tmp_path, suffix):
     path.write_bytes(body)
     with pytest.raises(DatasetError, match=rf"latin1\{suffix}: not UTF-8"):
         load_dataset(str(path))
+
+
+def test_custom_explicit_column_not_auto_mapped_to_another_field(tmp_path: Path) -> None:
+    # an NQ-open-style file: `answer` holds the list of gold answers, not a model answer
+    path = tmp_path / "nq_open.jsonl"
+    path.write_text(
+        json.dumps({"question": "who wrote hamlet", "answer": ["Shakespeare", "W. Shakespeare"]})
+        + "\n"
+        + json.dumps({"question": "capital of france", "answer": ["Paris"]})
+        + "\n"
+    )
+    ex = load_dataset(str(path), columns=parse_columns("references=answer"))
+    assert [e.references for e in ex] == [("Shakespeare", "W. Shakespeare"), ("Paris",)]
+    assert all(e.answer is None for e in ex)  # not also the teacher-forced answer
+    assert "answer" not in ex[0].meta
+    # without the mapping the identity default still applies (and a list answer is an error)
+    with pytest.raises(DatasetError, match="column 'answer' must hold a string"):
+        load_dataset(str(path))

@@ -145,7 +145,6 @@ def test_evaluate_skips_unscored_runs(tiny_run, tmp_path):
     }
     for name in names[1:]:
         assert got[(a, name)]["error"] == "" and got[(a, name)]["auroc"] > 0.8
-        cells = {
-            (r["train_dataset"], r["test_dataset"]) for r in rep.transfer if r["detector"] == name
-        }
-        assert cells == {(a, a)}  # no cell on the unscored run, no error either
+        cells = [r for r in rep.transfer if r["detector"] == name]
+        # the copies share every question: nothing to transfer to, and no error either
+        assert all(r["n_test"] == 0 and not r["error"] for r in cells)

@@ -37,6 +37,8 @@ def planted_table(tiny_run, monkeypatch):
         return store["feats"][self._index[:, 1]]
 
     monkeypatch.setattr(FeatureTable, "stat", fake_stat)
+    # three answers per question, as HaluEval's teacher-forced runs
+    monkeypatch.setattr(FeatureTable, "groups", property(lambda self: self._index[:, 1] // 3))
 
     def make(feats):
         store["feats"] = feats

@@ -83,3 +83,31 @@ def test_lapeigvals_on_the_tiny_run(tiny_run, tmp_path):
         p = det.predict_proba(X)
         assert p.shape == (24,) and np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
     assert det.family == "attention" and det.stats == ("lapeig",) and "LapEigvals" in det.paper
+
+
+def test_lapeigvals_reads_no_length_signal(monkeypatch, tiny_run):
+    """Issue 18: equal-content sequences of different lengths. Hallucinated answers here are
+    short sequences (5 eigenvalues, the rest padding), correct ones long (10); the eigenvalues
+    themselves are drawn from one distribution. Zero padding let a probe separate them by where
+    the zeros start; the detector keeps k <= the shortest training sequence (as the
+    reference) and sees only content: chance."""
+    X = FeatureTable([tiny_run] * REPEAT)
+    y = X.labels
+    rng = np.random.default_rng(0)
+    eig = -np.sort(-rng.normal(size=(len(X), 2, 4, 10)), axis=-1)
+    eig[y == 1, ..., 5:] = np.nan  # the statistic's padding of a short sequence
+    _plant(monkeypatch, {"lapeig": eig.astype(np.float32)})
+    tr, te = _split(len(X))
+    det = get_detector("lapeigvals", pca=None).fit(X[tr], y[tr])
+    assert det.k_ == 5 and det._features(X).shape == (len(X), 2 * 4 * 5)
+    assert np.isfinite(det._features(X)).all()
+    assert abs(det.score(X[te], y[te]) - 0.5) < 0.15
+    # trained on long sequences only, a shorter one gets the training mean where it has none
+    long = np.flatnonzero(y == 0)
+    det = get_detector("lapeigvals", pca=None).fit(X[long], (long // 2) % 2)
+    assert det.k_ == 10
+    short = det._features(X[np.flatnonzero(y == 1)])
+    np.testing.assert_allclose(
+        short.reshape(-1, 2, 4, 10)[..., 5:],
+        det.fill_.reshape(2, 4, 10)[None, ..., 5:].repeat(len(short), 0),
+    )

@@ -21,6 +21,7 @@ FAST = {
     "saplma_mlp": {"max_iter": 30},
     "hallushift": {"max_iter": 30},
     "lapeigvals": {"pca": 8},
+    "fusion": {"bases": ("perplexity", "saplma_lr", "lookback_lens", "groundedness_lr")},
 }
 VARIANTS = [(name, FAST.get(name, {})) for name in sorted(all_detectors())] + [
     ("graph_topology", {"model": "hgb", "hgb_max_iter": 10}),  # trees: structured node arrays
@@ -90,7 +91,7 @@ def test_estimator_contract(name):
 def test_fitted_attributes_end_with_underscore(table):
     X, y = table
     det = get_detector("lapeigvals", pca=4).fit(X, y)
-    assert det.fitted_attributes() == ["model_", "pca_dim_"]
+    assert det.fitted_attributes() == ["fill_", "k_", "model_", "pca_dim_"]
     assert det.get_params()["pca"] == 4  # params untouched by fit
 
 

@@ -13,7 +13,7 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from hallugraph.detectors import Detector
 from hallugraph.evaluation import EvalReport, PeakRSS, evaluate
-from hallugraph.evaluation.bootstrap import bootstrap_indices, metrics_with_ci
+from hallugraph.evaluation.bootstrap import metrics_with_ci, question_weights
 from hallugraph.io import atomic_write_text
 from hallugraph.metrics import average_precision, choose_threshold, roc_auc
 from hallugraph.splits import split_groups
@@ -106,7 +106,8 @@ def test_single_class_metrics_not_applicable_with_note():
     # all-hallucinated split gave AUPR = F1 = 1.000 to any detector): all four are n/a
     assert math.isnan(roc_auc(np.ones(5), np.arange(5.0)))
     for y in (np.zeros(6), np.ones(6)):
-        m, notes = metrics_with_ci(y, np.linspace(0, 1, 6), 0.5, n_boot=100)
+        s = np.linspace(0, 1, 6)
+        m, notes = metrics_with_ci(y, s[None], (s >= 0.5)[None], question_weights(y, 100))
         for metric in ("auroc", "aupr", "acc", "f1"):
             assert math.isnan(m[metric]), (y[0], metric, m[metric])
             assert math.isnan(m[f"{metric}_lo"]) and math.isnan(m[f"{metric}_hi"])
@@ -123,7 +124,9 @@ def test_bootstrap_ci_contains_point_and_narrows():
     widths = {}
     for n in (60, 2000):
         y, s = _synthetic(n, seed=n)
-        m, notes = metrics_with_ci(y, s, 0.5, n_boot=500, seed=0)
+        m, notes = metrics_with_ci(
+            y, s[None], (s >= 0.5)[None], question_weights(np.arange(n), 500)
+        )
         assert not notes
         for k in ("auroc", "aupr", "acc", "f1"):
             assert m[f"{k}_lo"] <= m[k] <= m[f"{k}_hi"], k
@@ -132,10 +135,10 @@ def test_bootstrap_ci_contains_point_and_narrows():
         assert widths[2000][k] < widths[60][k] / 2, k
     # fixed seed -> same CI
     y, s = _synthetic(60, seed=60)
-    a, _ = metrics_with_ci(y, s, 0.5, n_boot=200, seed=7)
-    b, _ = metrics_with_ci(y, s, 0.5, n_boot=200, seed=7)
+    a, _ = metrics_with_ci(y, s[None], None, question_weights(np.arange(60), 200, seed=7))
+    b, _ = metrics_with_ci(y, s[None], None, question_weights(np.arange(60), 200, seed=7))
     assert a == b
-    assert bootstrap_indices(10, 0).shape == (0, 10)
+    assert question_weights(np.arange(10), 0).shape == (0, 10)
 
 
 def test_bootstrap_skips_single_class_resamples():
@@ -143,16 +146,16 @@ def test_bootstrap_skips_single_class_resamples():
     # every metric; the CI is the 2.5/97.5 percentile of the rest
     y = np.array([0, 0, 0, 1, 0, 0, 0, 0])
     s = np.array([0.1, 0.7, 0.3, 0.6, 0.2, 0.55, 0.4, 0.05])
-    m, _ = metrics_with_ci(y, s, 0.5, n_boot=400, seed=3)
-    idx = bootstrap_indices(len(y), 400, seed=3)
-    idx = idx[[len(np.unique(y[i])) == 2 for i in idx]]
-    assert 200 < len(idx) < 350
-    auc = [roc_auc_score(y[i], s[i]) for i in idx]
-    acc = [np.mean((s[i] >= 0.5) == y[i]) for i in idx]
+    W = question_weights(np.arange(len(y)), 400, seed=3)
+    m, _ = metrics_with_ci(y, s[None], (s >= 0.5)[None], W)
+    W = W[W[:, y == 1].sum(1) > 0]
+    assert 200 < len(W) < 350
+    auc = [roc_auc_score(y, s, sample_weight=w) for w in W]
+    acc = [np.average((s >= 0.5) == y, weights=w) for w in W]
     assert (m["auroc_lo"], m["auroc_hi"]) == pytest.approx(tuple(np.percentile(auc, [2.5, 97.5])))
     assert (m["acc_lo"], m["acc_hi"]) == pytest.approx(tuple(np.percentile(acc, [2.5, 97.5])))
     # a resample without the positive would have F1 = 0 (false alarms only)
-    f1 = [f1_score(y[i], s[i] >= 0.5) for i in idx]
+    f1 = [f1_score(y, s >= 0.5, sample_weight=w) for w in W]
     assert (m["f1_lo"], m["f1_hi"]) == pytest.approx(tuple(np.percentile(f1, [2.5, 97.5])))
     assert m["f1_lo"] > 0
 
@@ -168,7 +171,7 @@ def test_threshold_from_validation_applied_to_test():
     # (a threshold of 0.5 would give 4/5: the threshold must come from validation)
     y_te = np.array([0, 0, 0, 1, 1])
     s_te = np.array([0.35, 0.45, 0.47, 0.42, 0.9])
-    m, _ = metrics_with_ci(y_te, s_te, t, n_boot=0)
+    m, _ = metrics_with_ci(y_te, s_te[None], (s_te >= t)[None], np.zeros((0, 5)))
     assert m["acc"] == pytest.approx(3 / 5)
     assert m["f1"] == pytest.approx(2 / 3)
     assert math.isnan(m["acc_lo"])  # no bootstrap -> no CI
@@ -208,15 +211,14 @@ def test_evaluate_end_to_end(tiny_run, tmp_path):
         ["perplexity", "min_logprob", Boom],
         out_dir=out,
         bootstrap=200,
+        folds=4,
+        repeats=2,
         progress=False,
     )
     assert isinstance(rep, EvalReport)
     ds = rep.config["datasets"][0]
-    sp = rep.splits[ds]
-    assert sum(sp[k]["n"] for k in ("train", "val", "test")) == 24
-    # labels alternate -> every split about half hallucinated
-    for k in ("train", "val", "test"):
-        assert 25 <= sp[k]["pct_halluc"] <= 75
+    assert rep.runs[ds] == {"n": 24, "n_questions": 24, "pct_halluc": 50.0}
+    assert rep.config["folds"] == 4 and rep.config["repeats"] == 2
 
     rows = {r["detector"]: r for r in rep.results}
     assert set(rows) == {"perplexity", "min_logprob", "boom"}
@@ -224,27 +226,49 @@ def test_evaluate_end_to_end(tiny_run, tmp_path):
         r = rows[name]
         assert r["error"] == "" and r["family"] == "logits"
         assert 0 <= r["auroc"] <= 1 and 0 <= r["aupr"] <= 1 and 0 <= r["acc"] <= 1
-        assert r["fit_s"] >= 0 and math.isfinite(r["threshold"])
+        assert r["fit_s"] >= 0 and math.isfinite(r["threshold_median"])
         assert r["fit_peak_mb"] >= 0
-        assert r["n_test"] == sp["test"]["n"]
+        assert r["n"] == 24
+        # every answer has one out-of-fold score per repeat
+        assert rep.oof[ds][name].shape == (2, 24) and np.isfinite(rep.oof[ds][name]).all()
+        # pooled AUROC = mean over the repeats of the AUROC of the out-of-fold scores
+        y = rep.labels[ds]
+        assert r["auroc"] == pytest.approx(np.mean([roc_auc(y, s) for s in rep.oof[ds][name]]))
     assert "kaboom" in rows["boom"]["error"] and math.isnan(rows["boom"]["auroc"])
+    # paired comparison with the best single detector
+    best = max(("perplexity", "min_logprob"), key=lambda n: rows[n]["auroc"])
+    other = ({"perplexity", "min_logprob"} - {best}).pop()
+    assert math.isnan(rows[best]["vs_best_diff"])
+    assert rows[other]["vs_best_diff"] == pytest.approx(rows[other]["auroc"] - rows[best]["auroc"])
+    assert 0 <= rows[other]["vs_best_p"] <= 1
 
     md = rep.to_markdown()
     assert "| perplexity | logits |" in md and "AUROC" in md and "kaboom" in md
-    for f in ("results.md", "results.csv", "results.json", "transfer.csv"):
+    for f in ("results.md", "results.csv", "results.json", "transfer.csv", "lodo.csv"):
         assert (out / f).stat().st_size > 0, f
-    pngs = list(out.glob("roc_*.png"))
-    assert len(pngs) == 1 and pngs[0].stat().st_size > 1000
-    assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for prefix in ("roc_", "length_"):
+        pngs = list(out.glob(f"{prefix}*.png"))
+        assert len(pngs) == 1 and pngs[0].stat().st_size > 1000
+        assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(out / "results.csv", newline="") as fh:
         csv_rows = list(csv.DictReader(fh))
     assert [r["detector"] for r in csv_rows] == ["perplexity", "min_logprob", "boom"]
     assert float(csv_rows[0]["auroc"]) == pytest.approx(rows["perplexity"]["auroc"])
     data = json.loads((out / "results.json").read_text())
     assert data["results"][2]["auroc"] is None and data["config"]["bootstrap"] == 200
+    cell = data["by_run"][ds]["detectors"]["perplexity"]
+    assert cell["auroc"] == pytest.approx(rows["perplexity"]["auroc"])
+    assert cell["auroc_ci"] == [rows["perplexity"]["auroc_lo"], rows["perplexity"]["auroc_hi"]]
+    assert data["by_run"][ds]["best_single"] == best
     # deterministic: same seed, same numbers
     rep2 = evaluate(
-        [tiny_run], ["perplexity"], out_dir=tmp_path / "e2", bootstrap=200, progress=False
+        [tiny_run],
+        ["perplexity"],
+        out_dir=tmp_path / "e2",
+        bootstrap=200,
+        folds=4,
+        repeats=2,
+        progress=False,
     )
     assert rep2.row(ds, "perplexity")["auroc_lo"] == rows["perplexity"]["auroc_lo"]
 
@@ -255,35 +279,6 @@ def test_evaluate_default_out_dir(tiny_run, tmp_path):
     rep = evaluate(str(run), ["mean_entropy"], bootstrap=0, transfer=False, progress=False)
     assert rep.out_dir == tmp_path / "runs" / "eval"
     assert (tmp_path / "runs" / "eval" / "results.csv").exists()
-
-
-def test_evaluate_transfer_two_runs(tiny_run, tmp_path):
-    other = tmp_path / "other"
-    shutil.copytree(tiny_run, other)
-    rep = evaluate(
-        [tiny_run, other],
-        ["perplexity", Boom],
-        out_dir=tmp_path / "eval",
-        bootstrap=100,
-        progress=False,
-    )
-    a, b = rep.config["datasets"]
-    assert a != b
-    assert len(rep.results) == 4
-    mat = rep.transfer_matrix("perplexity")
-    assert set(mat) == {a, b} and set(mat[a]) == {a, b}
-    # the same data on both sides: off-diagonal entries are finite AUROCs
-    for x in (a, b):
-        for y in (a, b):
-            assert 0 <= mat[x][y] <= 1
-    # diagonal = in-dataset result
-    assert mat[a][a] == rep.row(a, "perplexity")["auroc"]
-    boom = [r for r in rep.transfer if r["detector"] == "boom"]
-    assert len(boom) == 4 and all(r["error"] for r in boom)
-    with open(tmp_path / "eval" / "transfer.csv", newline="") as fh:
-        assert len(list(csv.DictReader(fh))) == 8
-    assert "Transfer" in rep.to_markdown()
-    assert len(list((tmp_path / "eval").glob("roc_*.png"))) == 2
 
 
 def test_unlabeled_run_names_label_command(tiny_run, tmp_path):
@@ -302,7 +297,7 @@ def test_unknown_detector_name(tiny_run, tmp_path):
         evaluate([tiny_run], ["no_such_detector"], out_dir=tmp_path / "e", progress=False)
 
 
-def test_single_class_test_split_no_crash(tiny_run, tmp_path):
+def test_single_class_run_no_crash(tiny_run, tmp_path):
     run = tmp_path / "allhall"
     shutil.copytree(tiny_run, run)
     rows = read_manifest(run)
@@ -313,7 +308,7 @@ def test_single_class_test_split_no_crash(tiny_run, tmp_path):
     r = rep.results[0]
     assert r["error"] == ""
     assert "one class" in r["notes"]
-    assert "validation split has one class" in r["notes"] and r["threshold"] == 0.5
+    assert "validation split has one class" in r["notes"] and r["threshold_median"] == 0.5
     for metric in ("auroc", "aupr", "acc", "f1"):  # issue 15.11: not 1.000 but n/a
         assert math.isnan(r[metric])
     saved = json.loads((tmp_path / "e" / "results.json").read_text())["results"][0]
@@ -321,7 +316,7 @@ def test_single_class_test_split_no_crash(tiny_run, tmp_path):
     table = (tmp_path / "e" / "results.md").read_text()
     line = next(ln for ln in table.splitlines() if "| perplexity |" in ln)
     assert line.count("n/a") >= 4 and "1.000" not in line
-    # a 4-trace test split with one class: warned about (fewer than 10 answers of a class)
+    # a run with one class: warned about (fewer than 10 answers of a class)
     assert any("fewer than 10" in w for w in rep.config["warnings"])
     assert "fewer than 10" in table
 
@@ -345,30 +340,37 @@ def test_peak_rss_sees_a_temporary_allocation():
 
 
 def test_length_matched_auroc_ignores_what_length_explains():
-    from hallugraph.evaluation.bootstrap import bootstrap_indices, length_matched_auroc
+    from hallugraph.evaluation.bootstrap import length_matched_auroc
     from hallugraph.metrics import roc_auc
 
     y = np.array([1, 1, 1, 0, 0, 0])
     lengths = np.array([10, 20, 21, 3, 10, 4])
     by_length = lengths.astype(float)  # a "detector" that reads only the length
     assert roc_auc(y, by_length) > 0.9
-    out = length_matched_auroc(y, by_length, lengths, tol=2)
+    out = length_matched_auroc(y, by_length[None], lengths, np.zeros((0, 6)), tol=2)
     assert out["n_pairs_lm"] == 1  # only the two 10-token answers are matched
     assert out["auroc_lm"] == 0.5  # a tie
     # a detector with a real signal keeps it on the matched pairs
     signal = y + 0.01 * lengths
-    assert length_matched_auroc(y, signal, lengths, tol=2)["auroc_lm"] == 1.0
+    assert (
+        length_matched_auroc(y, signal[None], lengths, np.zeros((0, 6)), tol=2)["auroc_lm"] == 1.0
+    )
     # wider tolerance: pos 10 also meets neg 4 (not 3); pos 20 and 21 still meet nothing
-    assert length_matched_auroc(y, by_length, lengths, tol=6)["n_pairs_lm"] == 2
+    assert (
+        length_matched_auroc(y, by_length[None], lengths, np.zeros((0, 6)), tol=6)["n_pairs_lm"]
+        == 2
+    )
     # no matched pair: undefined, not a number pretending to be one
-    far = length_matched_auroc(y, by_length, np.array([50, 60, 70, 1, 2, 3]), tol=2)
+    far = length_matched_auroc(
+        y, by_length[None], np.array([50, 60, 70, 1, 2, 3]), np.zeros((0, 6)), tol=2
+    )
     assert far["n_pairs_lm"] == 0 and np.isnan(far["auroc_lm"])
     # the bootstrap CI brackets the point estimate
     rng = np.random.default_rng(0)
     y2 = rng.integers(0, 2, 200)
     len2 = rng.integers(1, 30, 200)
     s2 = y2 + rng.normal(0, 1, 200)
-    res = length_matched_auroc(y2, s2, len2, idx=bootstrap_indices(200, 200, 0))
+    res = length_matched_auroc(y2, s2[None], len2, question_weights(np.arange(200), 200))
     assert res["auroc_lm_lo"] <= res["auroc_lm"] <= res["auroc_lm_hi"]
     assert 0.6 < res["auroc_lm"] < 0.9
 
@@ -381,11 +383,11 @@ def test_outputs_are_atomic_and_results_json_is_written_last(tiny_run, tmp_path,
     evaluate([tiny_run], ["perplexity"], out_dir=out, bootstrap=20, progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    def killed(self, dataset, path):  # the process dies while the PNG is being written
+    def killed(report, dataset, path):  # the process dies while the PNG is being written
         path.with_name(f".{path.name}.999.0.tmp").write_bytes(b"")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(EvalReport, "plot_roc", killed)
+    monkeypatch.setattr("hallugraph.evaluation.plots.plot_roc", killed)
     with pytest.raises(KeyboardInterrupt):
         evaluate([tiny_run], ["perplexity"], out_dir=out, seed=3, bootstrap=20, progress=False)
     # no 0-byte file; results.json (and the PNG) are still the complete previous ones
@@ -412,7 +414,7 @@ def test_unlabelable_traces_are_left_out(tiny_run, tmp_path):
         r["label_rule"], r["label_details"] = "match", {"unlabeled": "no usable reference"}
     atomic_write_text(run / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
     rep = evaluate([run], ["perplexity"], out_dir=tmp_path / "e", bootstrap=0, progress=False)
-    assert sum(v["n"] for v in next(iter(rep.splits.values())).values()) == 20
+    assert next(iter(rep.runs.values()))["n"] == 20
     assert any("4 of 24 traces could not be labeled" in w for w in rep.config["warnings"])
 
 

@@ -52,10 +52,11 @@ def test_laplacian_diagonal_is_the_spectrum_of_d_minus_a():
     np.testing.assert_allclose(np.sort(laplacian_diagonal(A)), spectrum, atol=1e-12)
 
 
-def test_top_k_sorts_descending_and_pads_with_zeros():
+def test_top_k_sorts_descending_and_pads_with_nan():
     v = np.array([[-0.5, 0.2, -0.1]])
     np.testing.assert_array_equal(top_k_desc(v, 2), [[0.2, -0.1]])
-    np.testing.assert_array_equal(top_k_desc(v, 5), [[0.2, -0.1, -0.5, 0.0, 0.0]])
+    # issue 18: zero padding told a classifier the sequence length (where the zeros start)
+    np.testing.assert_array_equal(top_k_desc(v, 5), [[0.2, -0.1, -0.5, np.nan, np.nan]])
 
 
 def _trace(attn: np.ndarray, prompt_len: int, answer_len: int, span=None) -> dict:
@@ -74,8 +75,8 @@ def test_lapeig_statistic_drops_the_last_token_sorts_and_pads():
     attn = np.stack([np.stack([uni, eye]), np.stack([eye, uni])]).astype(np.float16)
     out = LapEig(k=6).compute(_trace(attn, 3, 2), {})
     assert out.shape == (2, 2, 6) and out.dtype == np.float32
-    want_uni = sorted(UNIFORM4, reverse=True) + [0.0, 0.0]  # 0, -1/24, -5/36, -23/48, pad
-    want_eye = sorted(IDENTITY4, reverse=True) + [0.0, 0.0]
+    want_uni = sorted(UNIFORM4, reverse=True) + [np.nan] * 2  # 0, -1/24, -5/36, -23/48, pad
+    want_eye = sorted(IDENTITY4, reverse=True) + [np.nan] * 2
     # fp16 storage of 1/3 etc. limits the precision
     np.testing.assert_allclose(out[0, 0], want_uni, atol=1e-3)
     np.testing.assert_allclose(out[0, 1], want_eye, atol=1e-3)
@@ -193,8 +194,12 @@ def test_attention_statistics_on_the_tiny_run(tiny_run, tmp_path):
     X = FeatureTable.from_run(run)
     eig = X.stat("lapeig")
     lb, lbp = X.stat("lookback"), X.stat("lookback_prompt")
-    assert eig.shape == (24, 2, 4, 100) and np.isfinite(eig).all()
-    assert (np.diff(eig, axis=-1) <= 0).all()  # sorted (shorter sequences: zero padding)
+    assert eig.shape == (24, 2, 4, 100)
+    n_valid = np.isfinite(eig).sum(-1)
+    seq = np.array([r["seq_len"] for r in X.rows])
+    np.testing.assert_array_equal(n_valid, np.minimum(seq - 1, 100)[:, None, None] + 0 * n_valid)
+    d = np.diff(eig, axis=-1)
+    assert (d[np.isfinite(d)] <= 0).all()  # sorted; shorter sequences: NaN after their values
     assert lb.shape == lbp.shape == (24, 2, 4)
     assert ((lb >= 0) & (lb <= 1)).all() and ((lbp >= 0) & (lbp <= 1)).all()
     assert not np.allclose(lb, lbp)  # the run has a context span

@@ -53,8 +53,8 @@ def constant_trace(L, P=3, n=4, heads=2, H=6, seed=0):
     return t
 
 
-def blocks(out, L, num_samples=16):
-    m = len(sampled_layers(L, num_samples)) - 1
+def blocks(out, L, stride=2):
+    m = len(sampled_layers(L, stride)) - 1
     return {
         "w_hidden": out[:m],
         "cos_hidden": out[m : 2 * m],
@@ -67,23 +67,25 @@ def blocks(out, L, num_samples=16):
 # ---------------------------------------------------------------------------- layer sampling
 
 
-def test_sampled_layers_reproduce_the_reference_for_32_layers():
+def test_sampled_layers_are_every_second_layer_as_the_reference():
+    # issue 18: the reference reads hidden_states[2, 4, ..., L]; the old rule spread 16
+    # layers over 30 (2, 4, ..., 14, 15, 17, ..., 29, 30)
     assert sampled_layers(32) == list(range(2, 33, 2))  # hidden_states[2, 4, ..., 32]
-    assert sampled_layers(30) == [2, 4, 6, 8, 10, 12, 14, 15, 17, 19, 21, 23, 25, 27, 29, 30]
-    assert sampled_layers(5) == [1, 2, 3, 4, 5]
+    assert sampled_layers(30) == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30]
+    assert sampled_layers(30) == list(range(2, 31, 2)) and len(sampled_layers(30)) == 15
+    assert sampled_layers(5) == [2, 4]
+    assert sampled_layers(3) == [1, 2, 3]  # too shallow for two: every layer
     assert sampled_layers(2) == [1, 2]
     assert sampled_layers(1) == [1]
-    assert sampled_layers(30, 4) == [8, 15, 23, 30]
-    for L in range(1, 81):
-        for m in (1, 2, 3, 7, 16, 40):
-            got = sampled_layers(L, m)
-            assert len(got) == min(m, L) and got[-1] == L and got[0] >= 1
-            assert all(a < b for a, b in zip(got[:-1], got[1:], strict=False))
+    assert sampled_layers(30, 4) == [4, 8, 12, 16, 20, 24, 28]
+    for L in range(4, 81):
+        got = sampled_layers(L)
+        assert got == list(range(2, L + 1, 2))
     with pytest.raises(ValueError):
         sampled_layers(0)
 
 
-@pytest.mark.parametrize(("L", "count"), [(1, 11), (2, 15), (5, 27), (16, 71), (30, 71), (32, 71)])
+@pytest.mark.parametrize(("L", "count"), [(1, 11), (2, 15), (5, 15), (16, 39), (30, 67), (32, 71)])
 def test_feature_count_for_several_depths(L, count):
     assert num_features(L) == count == len(feature_names(L))
     for prefill in ("flatten", "last"):
@@ -96,19 +98,15 @@ def test_feature_count_for_several_depths(L, count):
         assert len(b["prob"]) == len(PROB_FEATURES)
 
 
-def test_num_samples_parameter():
-    st = HalluShiftStats(num_samples=4)
-    assert st.params() == {"num_samples": 4, "prefill": "flatten"}
-    assert st.compute(random_trace(30), {}).shape == (4 * 3 + 11,)
-    assert feature_names(30, 4)[:3] == [
-        "wasserstein_hidden_8-15",
-        "wasserstein_hidden_15-23",
-        "wasserstein_hidden_23-30",
-    ]
+def test_stride_parameter():
+    st = HalluShiftStats(stride=10)
+    assert st.params() == {"stride": 10, "prefill": "flatten"}
+    assert st.compute(random_trace(30), {}).shape == (4 * 2 + 11,)
+    assert feature_names(30, 10)[:2] == ["wasserstein_hidden_10-20", "wasserstein_hidden_20-30"]
     with pytest.raises(ValueError):
         HalluShiftStats(prefill="mean")
     with pytest.raises(ValueError):
-        HalluShiftStats(num_samples=0)
+        HalluShiftStats(stride=0)
 
 
 # ---------------------------------------------------------------------------- known values

@@ -17,7 +17,11 @@ from hallugraph.scoring.bundle import DETECTOR_JSON, WEIGHTS
 from hallugraph.splits import split_groups
 from hallugraph.store import TraceStore
 
-FAST = {"charm": {"epochs": 3, "n_seeds": 1}, "saplma_mlp": {"max_iter": 30}}
+FAST = {
+    "charm": {"epochs": 3, "n_seeds": 1},
+    "saplma_mlp": {"max_iter": 30},
+    "fusion": {"bases": ("perplexity", "saplma_lr", "lookback_lens")},
+}
 SCORABLE = sorted(n for n, c in all_detectors().items() if c.family != "attribution")
 
 

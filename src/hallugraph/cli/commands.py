@@ -149,11 +149,14 @@ def cmd_evaluate(args: argparse.Namespace, runs: Sequence[str], out: str | None)
         seed=args.seed,
         out_dir=out_dir,
         bootstrap=args.bootstrap,
+        folds=args.folds,
+        repeats=args.repeats,
         transfer=not getattr(args, "no_transfer", False),
+        lodo=not getattr(args, "no_lodo", False),
         progress=not args.no_progress,
     )
     print(report.to_markdown())
-    print(f"\nTable, CSV/JSON and ROC plots in {out_dir}")
+    print(f"\nTable, CSV/JSON and plots in {out_dir}")
     failed = report.failed_everywhere()
     if failed:
         print(

@@ -125,6 +125,18 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--part", type=int, default=0, help="which part, 0..K-1 (default: 0)")
 
 
+def _add_cv_args(p: argparse.ArgumentParser, folds: int, repeats: int) -> None:
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, help="question resamples (default: %(default)s)"
+    )
+    p.add_argument(
+        "--folds", type=int, default=folds, help="cross-validation folds (default: %(default)s)"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=repeats, help="repeats of the k-fold (default: %(default)s)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hallugraph",
@@ -177,10 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="benchmark every detector on labeled runs")
     p.add_argument("runs", nargs="+", help="labeled run directories (one per dataset)")
     p.add_argument("--detectors", default=None, help="comma-separated names (default: all)")
-    p.add_argument("--out", default=None, help="folder for the table, CSV/JSON and ROC plots")
+    p.add_argument("--out", default=None, help="folder for the table, CSV/JSON, scores and plots")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bootstrap", type=int, default=1000)
+    _add_cv_args(p, folds=5, repeats=3)
     p.add_argument("--no-transfer", action="store_true", help="skip cross-dataset transfer")
+    p.add_argument("--no-lodo", action="store_true", help="skip leave-one-dataset-out")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("graph", help="draw one trace's attention graph at one layer (PNG)")
@@ -231,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_RUNS / "main"), help="parent folder of the runs")
     p.add_argument("--detectors", default=None, help="comma-separated names (default: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bootstrap", type=int, default=1000)
+    _add_cv_args(p, folds=3, repeats=1)
     _add_extract_args(p)
     p.set_defaults(num_samples=300, keep_tensors="no")
     return parser

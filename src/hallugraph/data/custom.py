@@ -167,7 +167,8 @@ def load_custom(
     """Load a JSONL (``.jsonl``/``.ndjson``/``.json``) or CSV file.
 
     ``columns`` maps :data:`FIELDS` to column names; fields it leaves out use the column of the
-    same name if the file has one (``question`` is required). A column the mapping names
+    same name if the file has one and the mapping does not name that column for another field
+    (``question`` is required). A column the mapping names
     explicitly must exist in the file. ``references``/``incorrect`` may hold a JSON list or a
     string (a CSV string is split on ``"; "``). Ids come from the id column, else
     ``{file_stem}_{record:05d}`` (0-based record); they must be unique. Other columns go to
@@ -178,7 +179,10 @@ def load_custom(
         where = p if p.is_absolute() else f"{p} (resolved to {p.resolve()})"
         raise DatasetError(f"dataset file not found: {where}")
     explicit = _check_columns(columns)
-    mapping = {f: f for f in FIELDS}
+    # a column mapped explicitly to one field is never auto-mapped to another (references=answer
+    # on an NQ-open file must not also make its `answer` list the teacher-forced answer)
+    claimed = set(explicit.values())
+    mapping = {f: f for f in FIELDS if f not in claimed}
     mapping.update(explicit)
     records, header, is_csv = _read_records(p)
     if not records:

@@ -1,23 +1,28 @@
 """HalluShift (Dasgupta et al., IJCNN 2025): an MLP over distribution-shift features.
 
 Reads the ``hallushift`` statistic (:mod:`hallugraph.features.hallushift`): Wasserstein
-distance and cosine similarity between consecutive sampled layers of the softmaxed hidden
-states and attention rows, plus 11 token-probability features.
+distance and cosine similarity between consecutive sampled layers (every second layer) of the
+softmaxed hidden states and attention rows, plus 11 token-probability features.
 
-The reference classifier (``classifier.py`` of ``sharanya-dasgupta001/hallushift``) standardizes
-the features, embeds each block of 15 shift features into 8 units (LayerNorm, dropout,
-linear), concatenates the four embeddings with the probability features and maps them through
-a 16-unit layer to one logit; AdamW (weight decay 1e-4), loss weighted by inverse class
-frequency, early stopping on the AUROC of a 25 % stratified validation split. Here it is a
-plain two-hidden-layer MLP of the same widths (32, 16) with scikit-learn's
-``MLPClassifier`` (ReLU; Adam, learning rate 1e-3 where the reference uses 1e-4 with up to
-1000 epochs; mini-batches of 16 as the reference; L2 ``alpha=1e-4``), on standardized
-features, with inverse-frequency sample weights, early stopping (patience 10) on a 25 %
-stratified validation split, judged by its accuracy (scikit-learn's criterion; the reference
-uses AUROC), and a fixed ``random_state``.
-The reference's extra accuracy penalty in the loss and its learning-rate schedule are left out.
-Early stopping is switched off when the validation split would hold fewer than 2 traces of a
-class; with a single class in ``y`` the detector predicts that class.
+The reference classifier (``classifier.py`` of ``sharanya-dasgupta001/hallushift``,
+``CombinedNN``) standardizes the features; each of the four blocks of 15 shift features goes
+through its own embedding (LayerNorm(15), dropout 0.2, linear 15 -> 8); the four 8-unit
+embeddings (32 units) are concatenated with the 11 probability features (43), then LayerNorm,
+dropout 0.2, linear 43 -> 16, LayerNorm, dropout 0.2, linear 16 -> 1 logit. AdamW (learning
+rate 1e-4, weight decay 1e-4, up to 1000 epochs, batches of 16, learning rate halved on a
+plateau), loss weighted by inverse class frequency plus an accuracy penalty, early stopping
+(patience 10) on the AUROC of a 25 % stratified validation split of the answers.
+
+Here: a dense two-hidden-layer MLP (32, 16) (the reference's first layer is block-wise, 32
+embedding units beside 11 passed-through features; this one is dense over all the features)
+with scikit-learn's ``MLPClassifier`` (ReLU; Adam, learning rate 1e-3; batches of 16; L2
+``alpha=1e-4``) on standardized features, with inverse-frequency sample weights, and early
+stopping (patience 10) on the AUROC of a 25 % validation split **grouped by question**
+(:func:`hallugraph.detectors.mlp.fit_mlp_grouped`: the answers of one question never sit on
+both sides), keeping the best epoch. The reference's accuracy penalty, dropout, LayerNorms
+and learning-rate schedule are left out. Early stopping is switched off when the validation
+split would hold fewer than 2 traces of a class; with a single class in ``y`` the detector
+predicts that class.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
 from hallugraph.detectors.base import Detector, register
+from hallugraph.detectors.mlp import fit_mlp_grouped
 from hallugraph.features import FeatureTable
 
 
@@ -78,7 +84,7 @@ class HalluShift(Detector):
         if len(classes) < 2:  # nothing to learn: the base rate
             self.model_, self.constant_ = None, float(classes[0]) if len(classes) else 0.5
             return self
-        # early stopping holds out a stratified validation fraction: it needs a few of each
+        # early stopping holds out a grouped validation fraction: it needs a few of each
         early = counts.min() * self.validation_fraction >= 2
         self.model_ = MLPClassifier(
             hidden_layer_sizes=tuple(self.hidden),
@@ -86,18 +92,29 @@ class HalluShift(Detector):
             max_iter=self.max_iter,
             batch_size=self.batch_size,
             learning_rate_init=self.learning_rate,
-            early_stopping=bool(early),
-            validation_fraction=self.validation_fraction,
-            n_iter_no_change=10,
             random_state=self.seed,
         )
         weights = None
         if self.balanced:
             per_class = len(y) / (len(classes) * counts)
             weights = per_class[np.searchsorted(classes, y)]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            self.model_.fit(self.scaler_.transform(feats), y, sample_weight=weights)
+        Z = self.scaler_.transform(feats)
+        if early:
+            fit_mlp_grouped(
+                self.model_,
+                Z,
+                y,
+                X.groups,
+                sample_weight=weights,
+                val_fraction=self.validation_fraction,
+                patience=10,
+                criterion="auroc",
+                seed=self.seed,
+            )
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                self.model_.fit(Z, y, sample_weight=weights)
         self.constant_ = None
         return self
 

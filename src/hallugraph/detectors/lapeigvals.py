@@ -10,6 +10,11 @@ experiment uses ``pca_dim=512``. Here:
 
 * ``k`` — the first ``k`` columns of the cached ``lapeig`` statistic (its eigenvalues are sorted
   in descending order, so these are the top-``k``); ``None`` keeps all of them (100 by default).
+  As the reference, the detector never reads past the shortest training sequence: it keeps
+  ``k_ = min(k, min S')`` (``S'`` = a training trace's number of eigenvalues; the statistic
+  pads shorter sequences with NaN), so no feature says how long a sequence is. A sequence
+  shorter than ``k_`` met at prediction time gets the training mean for its missing
+  eigenvalues (``fill_``).
 * ``pca`` — components of the PCA variant (clipped as the reference does); ``None`` = plain
   logistic regression. Default 512, the paper's main setting.
 * The features are standardized before the PCA / regression (the reference feeds raw
@@ -59,17 +64,30 @@ class LapEigvals(Detector):
         self.seed = seed
         self.max_iter = max_iter
 
-    def _features(self, X: FeatureTable) -> np.ndarray:
+    def _eig(self, X: FeatureTable) -> np.ndarray:
         eig = X.stat("lapeig")
-        if self.k is not None:
-            if self.k > eig.shape[-1]:
-                raise ValueError(f"k={self.k} but the lapeig statistic holds {eig.shape[-1]}")
-            eig = eig[..., : self.k]
-        return eig.reshape(len(eig), -1).astype(np.float64)
+        if self.k is not None and self.k > eig.shape[-1]:
+            raise ValueError(f"k={self.k} but the lapeig statistic holds {eig.shape[-1]}")
+        return eig
+
+    def _features(self, X: FeatureTable) -> np.ndarray:
+        eig = self._eig(X)[..., : self.k_]
+        feats = eig.reshape(len(eig), -1).astype(np.float64)
+        missing = ~np.isfinite(feats)
+        if missing.any():  # shorter than every training sequence: the training mean
+            feats[missing] = np.broadcast_to(self.fill_, feats.shape)[missing]
+        return feats
 
     def fit(self, X: FeatureTable, y: np.ndarray) -> LapEigvals:
         y = np.asarray(y).astype(np.int64)
-        feats = self._features(X)
+        eig = self._eig(X)
+        n_valid = np.isfinite(eig).all(axis=tuple(range(1, eig.ndim - 1))).sum(-1)
+        k = eig.shape[-1] if self.k is None else self.k
+        self.k_ = int(min(k, n_valid.min())) if len(n_valid) else int(k)
+        if self.k_ < 1:
+            raise ValueError("a training trace has no Laplacian eigenvalue")
+        feats = eig[..., : self.k_].reshape(len(eig), -1).astype(np.float64)
+        self.fill_ = feats.mean(0)
         steps: list = [StandardScaler()]
         self.pca_dim_ = None
         if self.pca is not None:

@@ -29,30 +29,10 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from hallugraph.detectors.base import Detector, register
+from hallugraph.detectors.mlp import fit_mlp_grouped, validation_split
 from hallugraph.features import FeatureTable
 
 _POOLS = {"last": "hidden_last", "mean": "hidden_mean"}
-
-
-def _both_classes(y: np.ndarray) -> bool:
-    return len(np.unique(y)) == 2
-
-
-def validation_split(
-    groups: np.ndarray, y: np.ndarray, val_size: float = 0.2, seed: int = 0, tries: int = 20
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Grouped train/validation indices with both labels on each side, or None when no such
-    split is found (too few traces or groups)."""
-    from sklearn.model_selection import GroupShuffleSplit
-
-    if len(np.unique(groups)) < 2:
-        return None
-    for k in range(tries):
-        gss = GroupShuffleSplit(n_splits=1, test_size=val_size, random_state=seed + k)
-        tr, va = next(gss.split(np.zeros(len(y)), y, groups))
-        if _both_classes(y[tr]) and _both_classes(y[va]):
-            return tr, va
-    return None
 
 
 def lr_pipeline(C: float, seed: int = 0) -> Pipeline:
@@ -120,14 +100,15 @@ class _LayerProbe(Detector):
     def _final_model(self, n: int):
         raise NotImplementedError
 
+    def _fit_final(self, Xl: np.ndarray, y: np.ndarray, groups: np.ndarray):
+        return fit_quiet(self._final_model(len(y)), Xl, y)
+
     def fit(self, X: FeatureTable, y: np.ndarray) -> _LayerProbe:
         self.check_params()
         y = np.asarray(y).astype(np.int64)
         feats = self._features(X)
         self.layer_, self.val_auroc_ = select_layer_lr(feats, y, X.groups, self.C, self.seed)
-        self.model_ = fit_quiet(
-            self._final_model(len(y)), feats[:, self.layer_].astype(np.float64), y
-        )
+        self.model_ = self._fit_final(feats[:, self.layer_].astype(np.float64), y, X.groups)
         return self
 
     def predict_proba(self, X: FeatureTable) -> np.ndarray:
@@ -147,7 +128,7 @@ class SaplmaLR(_LayerProbe):
 
 @register
 class SaplmaMLP(_LayerProbe):
-    """SAPLMA's MLP (ReLU 256-128-64, Adam, early stopping on 10 % of the data) on the
+    """SAPLMA's MLP (ReLU 256-128-64, Adam, early stopping on 10 % of the questions) on the
     standardized hidden state of the layer that logistic regression picks."""
 
     name = "saplma_mlp"
@@ -171,8 +152,20 @@ class SaplmaMLP(_LayerProbe):
             hidden_layer_sizes=tuple(self.hidden),
             alpha=self.alpha,
             max_iter=self.max_iter,
-            early_stopping=n >= 50,  # a validation fraction needs enough traces
-            n_iter_no_change=10,
             random_state=self.seed,
         )
         return make_pipeline(StandardScaler(), mlp)
+
+    def _fit_final(self, Xl: np.ndarray, y: np.ndarray, groups: np.ndarray):
+        """Early stopping (patience 10, validation accuracy) on 10 % of the questions, not of
+        the answers; none below 50 answers."""
+        model = self._final_model(len(y))
+        scaler, mlp = model.steps[0][1], model.steps[1][1]
+        Z = scaler.fit_transform(Xl)
+        if len(y) >= 50:
+            fit_mlp_grouped(
+                mlp, Z, y, groups, val_fraction=0.1, criterion="accuracy", seed=self.seed
+            )
+        else:
+            fit_quiet(mlp, Z, y)
+        return model

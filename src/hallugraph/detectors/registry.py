@@ -13,6 +13,7 @@ def _load_builtin() -> None:
     # one line per detector module
     from hallugraph.detectors import (  # noqa: F401
         charm,
+        fusion,
         groundedness,
         hallushift,
         lapeigvals,

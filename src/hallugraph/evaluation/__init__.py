@@ -1,33 +1,38 @@
-"""Benchmark detectors on labeled runs: grouped splits, metrics with bootstrap CIs, transfer.
+"""Benchmark detectors on labeled runs: cross-validation by question, question-level bootstrap
+CIs, paired comparisons, transfer and leave-one-dataset-out.
 
-:mod:`.protocol` (:func:`evaluate`), :mod:`.bootstrap` (CIs, length-matched AUROC),
-:mod:`.report` (table, files, plots), :mod:`.memory`, :mod:`.hypotheses` (the graph-topology
-hypothesis test). Splits and plain metrics are :mod:`hallugraph.splits` and
-:mod:`hallugraph.metrics` (the detectors use them too).
+:mod:`.protocol` (:func:`evaluate`), :mod:`.cv` (folds, one detector's out-of-fold scores),
+:mod:`.bootstrap` (question-bootstrap metrics, paired comparison, length-matched AUROC),
+:mod:`.transfer` (transfer, leave-one-dataset-out), :mod:`.report` / :mod:`.tables` /
+:mod:`.plots` (files), :mod:`.memory`, :mod:`.hypotheses` (the graph-topology hypothesis test).
+Folds and plain metrics are :mod:`hallugraph.splits` and :mod:`hallugraph.metrics` (the
+detectors use them too).
 
 Protocol (one run = one dataset):
 
-* **Split** (:func:`split_groups`): the traces of a run are split 60/20/20 into train /
-  validation / test *by question* (``FeatureTable.groups``), so no question is on two sides,
-  approximately stratified by label (each question's share of hallucinated traces), and
-  deterministic for a seed.
-* **Fit** every detector on the train split only. Detectors that choose hyper-parameters do so
-  inside ``fit``, on the train split (the validation split is never shown to ``fit``).
-* **Threshold**: the validation split only picks the decision threshold (predict
-  "hallucinated" when ``score >= threshold``), the one that maximizes *balanced accuracy* on
-  validation (:func:`choose_threshold`; robust to the class imbalance, which differs between
-  datasets). The threshold is then applied unchanged to the test split.
-* **Metrics on test** (:func:`metrics_with_ci`): AUROC and AUPR (average precision; hallucinated =
-  positive class) from the scores, accuracy and F1 at the validation threshold, each with a 95 %
-  percentile bootstrap CI over test items (``bootstrap`` resamples, fixed seed, the same
-  resamples for every detector of a dataset; resamples with a single class are skipped).
-  A metric that is undefined (a test split with one class) is NaN with a note, never a crash.
-* **Length-matched AUROC** (:func:`length_matched_auroc`): AUROC over the (hallucinated,
-  correct) test pairs whose answers differ by at most ``LENGTH_TOL`` tokens, with its CI over the
-  same resamples and the number of pairs: what a detector knows beyond the answer's length.
-* **Transfer** (several runs): a detector fitted on run A's train split, with A's validation
-  threshold, scores run B's test split: one AUROC [CI] matrix per detector (the diagonal is the
-  in-dataset result).
+* **Folds** (:func:`~hallugraph.splits.grouped_kfold`): ``repeats`` x ``folds`` (default 3 x 5)
+  cross-validation, grouped by question (``FeatureTable.groups``: no question on both sides),
+  stratified by label, deterministic for a seed. Every answer is tested once per repeat.
+* **Inside each fold**: the training questions are split again, 75 / 25, by question; the
+  detector is fitted on the 75 % (detectors that choose hyper-parameters do it inside ``fit``,
+  on those rows only) and its decision threshold is the one that maximizes *balanced accuracy*
+  on the 25 % (:func:`~hallugraph.metrics.choose_threshold`). The fold's test answers are
+  only scored. A fused detector (``fusion``) stacks inside its own ``fit``, so no fold's test
+  answers touch its meta-learner.
+* **Metrics** (:func:`~.bootstrap.metrics_with_ci`): AUROC and AUPR of the pooled
+  out-of-fold scores, accuracy and F1 of the pooled predictions (each at its fold's
+  threshold), computed per repeat and averaged; 95 % percentile bootstrap CIs over
+  *questions* (all answers of a drawn question come along; ``bootstrap`` resamples, the same
+  for every detector of a run). Undefined metrics (one class) are NaN with a note.
+* **Length-matched AUROC**: AUROC over (hallucinated, correct) pairs whose answers differ by
+  at most ``LENGTH_TOL`` tokens: what a detector knows beyond the answer's length.
+* **Paired comparison**: every detector against the run's best single detector, the AUROC
+  difference with its paired question-bootstrap CI and two-sided p (same resamples for both).
+* **Transfer** (several runs): fitted on *all* of run A, scored on the answers of run B whose
+  question (id or text) A does not hold (``halueval_qa`` and ``halueval_qa_tf`` ask the same
+  questions). AUROC / AUPR only: a threshold does not transfer.
+* **Leave-one-dataset-out**: fitted on all other runs together (without the questions they
+  share with the left-out run), scored on the whole left-out run.
 
 A detector that raises (in ``fit``, ``predict_proba`` or a statistic it needs) gets a row with
 its error and the evaluation goes on. One that raises
@@ -35,8 +40,12 @@ its error and the evaluation goes on. One that raises
 is skipped on that run: no row, listed under "skipped" in the config and below the table.
 
 Outputs in ``out_dir`` (default ``RUN/../eval`` of the first run): ``results.md`` (the table),
-``results.csv``, ``results.json`` (everything, including splits and transfer),
-``transfer.csv`` and one ROC plot per dataset, ``roc_<dataset>.png``.
+``results.csv``, ``transfer.csv``, ``lodo.csv``, per dataset ``roc_<dataset>.png``,
+``length_<dataset>.png`` (AUROC by answer length of the top detectors) and
+``fusion_weights_<dataset>.png``, ``scores_<dataset>.json`` (every answer's out-of-fold
+scores), and ``results.json`` (everything; ``by_run`` holds per run
+and detector the pooled AUROC with its CI and the leave-one-dataset-out AUROC, and the fusion's
+paired comparison with the best single detector).
 """
 
 from hallugraph.evaluation.memory import PeakRSS

@@ -1,5 +1,5 @@
-"""The evaluation's outputs: the table (``results.md``), CSV and JSON files, the transfer matrix and
-one ROC plot per dataset."""
+"""The evaluation's outputs: :class:`EvalReport` and its files (the table ``results.md``, CSV and
+JSON files, the transfer and leave-one-dataset-out cells, the per-run plots)."""
 
 from __future__ import annotations
 
@@ -17,24 +17,21 @@ from typing import Any
 import numpy as np
 
 from hallugraph.evaluation.bootstrap import METRICS
-from hallugraph.io import atomic_write_bytes, atomic_write_text, jsonable
-from hallugraph.metrics import roc_auc
-from hallugraph.splits import SPLITS
+from hallugraph.io import atomic_write_text, jsonable
+
+FUSION = "fusion"
 
 
-def _fmt(v: Any, nd: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return f"{v:.{nd}f}"
-
-
-def _fmt_ci(row: Mapping[str, Any], m: str) -> str:
-    v, lo, hi = row.get(m), row.get(f"{m}_lo"), row.get(f"{m}_hi")
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
-        return _fmt(v)
-    return f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
+def best_single(rows: Sequence[Mapping[str, Any]], dataset: str) -> str | None:
+    """The detector (not :data:`FUSION`) with the highest pooled AUROC on ``dataset``."""
+    cands = [
+        r
+        for r in rows
+        if r["dataset"] == dataset
+        and r["detector"] != FUSION
+        and not math.isnan(float(r.get("auroc", float("nan"))))
+    ]
+    return str(max(cands, key=lambda r: r["auroc"])["detector"]) if cands else None
 
 
 RESULT_COLUMNS = [
@@ -42,16 +39,20 @@ RESULT_COLUMNS = [
     "detector",
     "family",
     "supervised",
-    "n_train",
-    "n_val",
-    "n_test",
-    "pct_halluc_test",
+    "n",
+    "n_questions",
+    "pct_halluc",
     *[f"{m}{x}" for m in METRICS for x in ("", "_lo", "_hi")],
     "auroc_lm",
     "auroc_lm_lo",
     "auroc_lm_hi",
     "n_pairs_lm",
-    "threshold",
+    "vs_best_diff",
+    "vs_best_lo",
+    "vs_best_hi",
+    "vs_best_p",
+    *[f"lodo_{m}{x}" for m in ("auroc", "aupr") for x in ("", "_lo", "_hi")],
+    "threshold_median",
     "fit_s",
     "fit_peak_mb",
     "predict_s",
@@ -64,9 +65,20 @@ TRANSFER_COLUMNS = [
     "train_dataset",
     "test_dataset",
     "n_test",
+    "n_shared_left_out",
     "pct_halluc_test",
-    *[f"{m}{x}" for m in ("auroc", "acc") for x in ("", "_lo", "_hi")],
-    "threshold",
+    *[f"{m}{x}" for m in ("auroc", "aupr") for x in ("", "_lo", "_hi")],
+    "error",
+    "notes",
+]
+LODO_COLUMNS = [
+    "detector",
+    "test_dataset",
+    "train_datasets",
+    "n_train",
+    "n_shared_left_out",
+    "n_test",
+    *[f"{m}{x}" for m in ("auroc", "aupr") for x in ("", "_lo", "_hi")],
     "error",
     "notes",
 ]
@@ -87,19 +99,29 @@ class EvalReport:
     """What :func:`evaluate` measured.
 
     ``results``: one dict per dataset x detector (columns :data:`RESULT_COLUMNS`);
-    ``transfer``: one dict per detector x train dataset x test dataset;
-    ``splits``: per dataset, ``n`` and ``pct_halluc`` of each split;
-    ``curves``: per dataset, ``{detector: (y_test, scores)}`` (for the ROC plots; not saved);
+    ``transfer``: one dict per detector x train dataset x other test dataset;
+    ``lodo``: one dict per detector x left-out dataset;
+    ``paired``: per dataset, the fusion against the best single detector;
+    ``runs``: per dataset, ``n``, ``n_questions`` and ``pct_halluc``;
+    ``family_weights``: per dataset, the fusion's mean weight per signal family;
+    ``oof``: per dataset, ``{detector: [repeats, n] out-of-fold scores}`` with ``labels``,
+    ``lengths`` (answer tokens) and ``index`` (trace index in the run) per dataset (the plots;
+    saved as ``scores_<dataset>.json``);
     ``files``: what was written.
     """
 
     results: list[dict[str, Any]]
     transfer: list[dict[str, Any]]
-    splits: dict[str, dict[str, dict[str, float]]]
+    runs: dict[str, dict[str, float]]
+    lodo: list[dict[str, Any]] = field(default_factory=list)
+    paired: dict[str, Any] = field(default_factory=dict)
+    family_weights: dict[str, dict[str, float]] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
-    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(
-        default_factory=dict, repr=False
-    )
+    oof: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    labels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    lengths: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    index: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """Per dataset, each evaluated answer's trace index in its run directory."""
     out_dir: Path | None = None
     files: list[Path] = field(default_factory=list)
 
@@ -117,64 +139,46 @@ class EvalReport:
         raise KeyError((dataset, detector))
 
     def transfer_matrix(self, detector: str, metric: str = "auroc") -> dict[str, dict[str, float]]:
-        """``{train_dataset: {test_dataset: value}}`` for one detector."""
+        """``{train_dataset: {test_dataset: value}}`` for one detector; the diagonal is the
+        in-dataset cross-validated result."""
         out: dict[str, dict[str, float]] = {}
+        for r in self.results:
+            if r["detector"] == detector:
+                out.setdefault(r["dataset"], {})[r["dataset"]] = r.get(metric)
         for r in self.transfer:
             if r["detector"] == detector:
                 out.setdefault(r["train_dataset"], {})[r["test_dataset"]] = r.get(metric)
         return out
 
-    def to_markdown(self) -> str:
-        lines = ["| dataset | split | n | % hallucinated |", "|---|---|---:|---:|"]
-        for ds, sp in self.splits.items():
-            for k in SPLITS:
-                lines.append(f"| {ds} | {k} | {sp[k]['n']} | {_fmt(sp[k]['pct_halluc'], 1)} |")
-        lines += [
-            "",
-            "| dataset | detector | family | AUROC [95% CI] | AUPR [95% CI] | Acc [95% CI] "
-            "| F1 [95% CI] | AUROC len-matched [95% CI] (pairs) | fit s | fit MB | notes |",
-            "|---|---|---|---|---|---|---|---|---:|---:|---|",
-        ]
-        for r in self.results:
-            note = f"error: {r['error']}" if r.get("error") else r.get("notes", "")
-            note = str(note).replace("|", "\\|").replace("\n", " ")
-            cells = [_fmt_ci(r, m) for m in METRICS]
-            cells.append(f"{_fmt_ci(r, 'auroc_lm')} ({r.get('n_pairs_lm', '')})")
-            lines.append(
-                f"| {r['dataset']} | {r['detector']} | {r['family']} | "
-                + " | ".join(cells)
-                + f" | {_fmt(r.get('fit_s'), 2)} | {_fmt(r.get('fit_peak_mb'), 0)} | {note} |"
-            )
-        warns = self.config.get("warnings") or []
-        if warns:
-            lines += ["", "Warnings:"]
-            lines += [f"* {w}" for w in warns]
-        skipped = self.config.get("skipped") or []
-        if skipped:
-            lines += ["", "Skipped (not applicable to the run):"]
-            lines += [f"* {s['detector']} on {s['dataset']}: {s['reason']}" for s in skipped]
-        datasets = list(self.splits)
-        if len(datasets) > 1 and self.transfer:
-            lines += ["", "Transfer: AUROC [95% CI], rows = train dataset, columns = test dataset."]
-            for det in dict.fromkeys(r["detector"] for r in self.transfer):
-                cell = {
-                    (r["train_dataset"], r["test_dataset"]): (
-                        "error" if r.get("error") else _fmt_ci(r, "auroc")
-                    )
-                    for r in self.transfer
-                    if r["detector"] == det
+    def by_run(self) -> dict[str, Any]:
+        """Per dataset: per detector the pooled AUROC with its CI and the leave-one-dataset-out
+        AUROC with its CI; the best single detector and the fusion's paired comparison."""
+        out: dict[str, Any] = {}
+        for ds in self.runs:
+            dets = {}
+            for r in self.results:
+                if r["dataset"] != ds:
+                    continue
+                dets[r["detector"]] = {
+                    "auroc": r["auroc"],
+                    "auroc_ci": [r["auroc_lo"], r["auroc_hi"]],
+                    "lodo_auroc": r["lodo_auroc"],
+                    "lodo_auroc_ci": [r["lodo_auroc_lo"], r["lodo_auroc_hi"]],
+                    "error": r.get("error", ""),
                 }
-                lines += [
-                    "",
-                    f"**{det}**",
-                    "",
-                    "| train \\ test | " + " | ".join(datasets) + " |",
-                    "|---|" + "---|" * len(datasets),
-                ]
-                for a in datasets:
-                    row = " | ".join(cell.get((a, b), "") for b in datasets)
-                    lines.append(f"| {a} | {row} |")
-        return "\n".join(lines) + "\n"
+            out[ds] = {
+                **self.runs[ds],
+                "detectors": dets,
+                "best_single": best_single(self.results, ds),
+                "fusion_vs_best": self.paired.get(ds),
+                "fusion_family_weights": self.family_weights.get(ds),
+            }
+        return out
+
+    def to_markdown(self) -> str:
+        from hallugraph.evaluation.tables import markdown
+
+        return markdown(self)
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)
@@ -186,62 +190,50 @@ class EvalReport:
         _write_csv(path, self.transfer, TRANSFER_COLUMNS)
         return path
 
+    def lodo_to_csv(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        rows = [{**r, "train_datasets": "; ".join(r["train_datasets"])} for r in self.lodo]
+        _write_csv(path, rows, LODO_COLUMNS)
+        return path
+
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "config": self.config,
-            "splits": self.splits,
+            "runs": self.runs,
+            "by_run": self.by_run(),
             "results": self.results,
+            "paired": self.paired,
+            "family_weights": self.family_weights,
             "transfer": self.transfer,
+            "lodo": self.lodo,
         }
         atomic_write_text(path, json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n")
         return path
 
-    def plot_roc(self, dataset: str, path: str | os.PathLike[str]) -> Path:
-        """ROC curves of every detector that scored ``dataset``'s test split, on one axes."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from sklearn.metrics import roc_curve
-
+    def scores_to_json(self, dataset: str, path: str | os.PathLike[str]) -> Path:
+        """Per-answer out-of-fold scores of ``dataset``: trace index in the run, label, and per
+        detector one list of scores per repeat."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sp = self.splits[dataset]["test"]
-        fig, ax = plt.subplots(figsize=(6, 6))
-        try:
-            ax.plot([0, 1], [0, 1], ls=(0, (1, 3)), color="grey", lw=1, label="chance")
-            styles = ("-", "--", "-.", ":")
-            for i, (det, (y, s)) in enumerate(self.curves.get(dataset, {}).items()):
-                if len(np.unique(y)) < 2:
-                    continue
-                fpr, tpr, _ = roc_curve(y, s)
-                ax.plot(
-                    fpr,
-                    tpr,
-                    lw=1.5,
-                    color=f"C{i % 10}",
-                    ls=styles[(i // 10) % len(styles)],
-                    label=f"{det} (AUROC {roc_auc(y, s):.3f})",
-                )
-            ax.set_xlim(-0.01, 1.01)
-            ax.set_ylim(-0.01, 1.01)
-            ax.set_xlabel("false positive rate")
-            ax.set_ylabel("true positive rate (hallucinated)")
-            ax.set_title(f"{dataset}: test n={sp['n']}, {_fmt(sp['pct_halluc'], 1)}% hallucinated")
-            ax.legend(loc="lower right", fontsize=8)
-            fig.tight_layout()
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=120)
-        finally:
-            plt.close(fig)
-        atomic_write_bytes(path, buf.getvalue())
+        run = next((r["run"] for r in self.results if r["dataset"] == dataset), "")
+        payload = {
+            "dataset": dataset,
+            "run": run,
+            "trace_index": self.index.get(dataset, np.zeros(0)),
+            "label": self.labels.get(dataset, np.zeros(0)),
+            "answer_tokens": self.lengths.get(dataset, np.zeros(0)),
+            "scores": {k: np.round(v, 6) for k, v in self.oof.get(dataset, {}).items()},
+        }
+        atomic_write_text(path, json.dumps(jsonable(payload), allow_nan=False) + "\n")
         return path
 
     def save(self, out_dir: str | os.PathLike[str]) -> list[Path]:
-        """Write ``results.md``, ``results.csv``, ``results.json``, ``transfer.csv`` and
-        ``roc_<dataset>.png`` into ``out_dir``."""
+        """Write ``results.md``, ``results.csv``, ``transfer.csv``, ``lodo.csv``, per run the
+        plots (ROC, AUROC by answer length, the fusion's family weights) and the out-of-fold
+        scores (``scores_<dataset>.json``), and ``results.json`` into ``out_dir``."""
+        from hallugraph.evaluation.plots import plot_family_weights, plot_length_bins, plot_roc
+
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} is a file, not a directory")
@@ -251,8 +243,13 @@ class EvalReport:
         md = atomic_write_text(out / "results.md", self.to_markdown())
         files = [md, self.to_csv(out / "results.csv")]
         files.append(self.transfer_to_csv(out / "transfer.csv"))
-        for ds in self.splits:
-            files.append(self.plot_roc(ds, out / f"roc_{_slug(ds)}.png"))
+        files.append(self.lodo_to_csv(out / "lodo.csv"))
+        for ds in self.runs:
+            files.append(plot_roc(self, ds, out / f"roc_{_slug(ds)}.png"))
+            files.append(plot_length_bins(self, ds, out / f"length_{_slug(ds)}.png"))
+            files.append(self.scores_to_json(ds, out / f"scores_{_slug(ds)}.json"))
+            if self.family_weights.get(ds):
+                files.append(plot_family_weights(self, ds, out / f"fusion_weights_{_slug(ds)}.png"))
         files.append(self.to_json(out / "results.json"))
         self.out_dir, self.files = out, files
         return files
@@ -260,7 +257,3 @@ class EvalReport:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "dataset"
-
-
-# --------------------------------------------------------------------------------------------
-# evaluation

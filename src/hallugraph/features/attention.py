@@ -33,11 +33,14 @@ layer and head:
 The reference's ``vertical_edges=False`` means the layers are *not* linked (the module
 ``laplacian.py`` also holds a stacked-layers graph with a token linked to itself in the next
 layer, but the extraction and the probes never call it). The reference keeps only the ``k`` that
-fit every sequence (``k <= min S'``); here a sequence shorter than ``k`` is padded with zeros
-*after* its ``S'`` sorted eigenvalues. Default ``k = 100``: the reference sweeps ``k`` in
-{5, 10, 25, 50, 100}; the paper's ablation finds LapEigvals nearly flat in ``k``, best by a hair
-at 100. The list is sorted, so a detector can take the first ``k' <= k`` columns of the cached
-statistic (the top-``k'`` eigenvalues) without recomputing it.
+fit every sequence (``k <= min S'``). The statistic is computed per trace, before the data set
+is known, so a sequence shorter than ``k`` gets NaN *after* its ``S'`` sorted eigenvalues
+(never zeros: the position of the first zero would tell a classifier the sequence's length),
+and the detector keeps the top ``k' <= min S'`` of its training traces
+(:class:`~hallugraph.detectors.lapeigvals.LapEigvals`). Default ``k = 100``: the reference
+sweeps ``k`` in {5, 10, 25, 50, 100}; the paper's ablation finds LapEigvals nearly flat in
+``k``, best by a hair at 100. The list is sorted, so a detector can take the first ``k' <= k``
+columns of the cached statistic (the top-``k'`` eigenvalues) without recomputing it.
 
 ``lookback`` / ``lookback_prompt`` ``[L, heads]`` — Lookback Lens (Chuang et al., EMNLP 2024;
 reference ``voidism/Lookback-Lens``, ``step01_extract_attns.py``). At generation step ``t``
@@ -100,19 +103,19 @@ def laplacian_diagonal(attn: np.ndarray) -> np.ndarray:
 
 
 def top_k_desc(values: np.ndarray, k: int) -> np.ndarray:
-    """The ``k`` largest of ``values`` ``[..., n]`` in descending order, zero-padded after the
-    ``n`` real values when ``n < k``."""
+    """The ``k`` largest of ``values`` ``[..., n]`` in descending order, NaN-padded after the
+    ``n`` real values when ``n < k`` (a padding that cannot pass for an eigenvalue)."""
     values = np.asarray(values, dtype=np.float64)
     desc = -np.sort(-values, axis=-1)[..., :k]
     pad = k - desc.shape[-1]
     if pad > 0:
-        desc = np.concatenate([desc, np.zeros(desc.shape[:-1] + (pad,))], axis=-1)
+        desc = np.concatenate([desc, np.full(desc.shape[:-1] + (pad,), np.nan)], axis=-1)
     return desc
 
 
 @register
 class LapEig(Statistic):
-    """``[L, heads, k]``: the top-``k`` Laplacian eigenvalues (descending, zero-padded) of every
+    """``[L, heads, k]``: the top-``k`` Laplacian eigenvalues (descending, NaN-padded) of every
     attention map over the whole sequence but its last token (see the module docstring)."""
 
     name = "lapeig"
@@ -124,7 +127,7 @@ class LapEig(Statistic):
         self.k = int(k)
 
     def params(self) -> dict[str, Any]:
-        return {"k": self.k, "tokens": "sequence-without-last", "sort": "desc", "pad": 0.0}
+        return {"k": self.k, "tokens": "sequence-without-last", "sort": "desc", "pad": "nan"}
 
     def compute(self, trace: Mapping[str, Any], run_info: Mapping[str, Any]) -> np.ndarray:
         attn = trace["attentions"]

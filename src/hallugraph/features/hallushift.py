@@ -33,14 +33,14 @@ pair always have the same length, for which that Wasserstein distance is exactly
 ``mean(|sort(u) - sort(v)|)``; that is what is computed here (float64; the reference's softmax
 runs in the model's bf16).
 
-**Layers.** The reference hard-codes 32-layer models: ``hidden_states[2, 4, ..., 32]`` and
-``attentions[1, 3, ..., 31]``, i.e. the outputs of layers 2, 4, ..., 32 (1-based) and the
-attention of the same layers: 16 layers, 15 consecutive pairs. Here ``num_samples`` layers are
-spread evenly over the model's ``L``: layer numbers ``ceil(k * L / m)`` for ``k = 1..m`` with
-``m = min(num_samples, L)`` (always ending at the last layer, whose hidden state is the final
-normed output). With the default ``num_samples=16`` a 32-layer model gets exactly the
-reference's layers 2, 4, ..., 32; a 30-layer model gets 2, 4, 6, 8, 10, 12, 14, 15, 17, 19, 21,
-23, 25, 27, 29, 30. Layer number ``l`` is ``hidden_states[l]`` and ``attentions[l - 1]``.
+**Layers.** The reference's code (``functions.py``, ``plot_internal_state_2``) reads
+``hidden_states[i] for i in range(2, 33, 2)`` and ``attentions[i] for i in range(1, 32, 2)``:
+every second layer, the outputs of layers 2, 4, ..., 32 (1-based) and the attention of the same
+layers, written out for its 32-layer models. Here the rule is kept for any depth: layer numbers
+``range(2, L + 1, 2)`` (``stride=2``), so a 30-layer model gets 2, 4, ..., 30 (15 layers, 14
+consecutive pairs) and a 32-layer model exactly the reference's 16. Layer number ``l`` is
+``hidden_states[l]`` and ``attentions[l - 1]``. A model too shallow for two such layers
+(``L < 4``, test models) uses every layer.
 
 **Token-probability features** (the reference's 11, in its column order), over the ``n``
 steps. We store the chosen token's log-prob and the entropy of each step, not the full
@@ -67,9 +67,9 @@ The substitutes describe the same thing the min-prob features do (the spread of 
 full distribution) from what is stored; the reference's values are ~0 for real vocabularies
 (``m log m`` with ``m <= 1 / V``).
 
-The vector is ``[W_hidden (m-1), cos_hidden (m-1), W_attn (m-1), cos_attn (m-1), prob (11)]``,
-``4 (m - 1) + 11`` floats: 71 for ``L >= 16`` (the reference's 60 + 11). See
-:func:`feature_names`.
+The vector is ``[W_hidden (m-1), cos_hidden (m-1), W_attn (m-1), cos_attn (m-1), prob (11)]``
+for ``m`` sampled layers, ``4 (m - 1) + 11`` floats: 71 for ``L = 32`` (the reference's 60 +
+11), 67 for SmolLM2's ``L = 30``. See :func:`feature_names`.
 """
 
 from __future__ import annotations
@@ -99,20 +99,19 @@ PROB_FEATURES = (
 PREFILL_MODES = ("flatten", "last")
 
 
-def sampled_layers(num_layers: int, num_samples: int = 16) -> list[int]:
-    """1-based layer numbers ``ceil(k * L / m)``, ``k = 1..m``, ``m = min(num_samples, L)``.
+def sampled_layers(num_layers: int, stride: int = 2) -> list[int]:
+    """1-based layer numbers ``range(stride, L + 1, stride)``: every second layer, as the
+    reference (``sampled_layers(32) == [2, 4, ..., 32]``, ``sampled_layers(30) == [2, ...,
+    30]``); every layer when that leaves fewer than two."""
+    if num_layers < 1 or stride < 1:
+        raise ValueError("num_layers and stride must be positive")
+    layers = list(range(stride, num_layers + 1, stride))
+    return layers if len(layers) >= 2 else list(range(1, num_layers + 1))
 
-    ``sampled_layers(32, 16) == [2, 4, ..., 32]``, the reference's choice.
-    """
-    if num_layers < 1 or num_samples < 1:
-        raise ValueError("num_layers and num_samples must be positive")
-    m = min(num_samples, num_layers)
-    return [-(-k * num_layers // m) for k in range(1, m + 1)]
 
-
-def feature_names(num_layers: int, num_samples: int = 16) -> list[str]:
+def feature_names(num_layers: int, stride: int = 2) -> list[str]:
     """Name of each column of the ``hallushift`` statistic for a model of ``num_layers``."""
-    layers = sampled_layers(num_layers, num_samples)
+    layers = sampled_layers(num_layers, stride)
     pairs = [f"{a}-{b}" for a, b in zip(layers[:-1], layers[1:], strict=True)]
     names = []
     for state in ("hidden", "attn"):
@@ -121,8 +120,8 @@ def feature_names(num_layers: int, num_samples: int = 16) -> list[str]:
     return names + list(PROB_FEATURES)
 
 
-def num_features(num_layers: int, num_samples: int = 16) -> int:
-    return 4 * (len(sampled_layers(num_layers, num_samples)) - 1) + len(PROB_FEATURES)
+def num_features(num_layers: int, stride: int = 2) -> int:
+    return 4 * (len(sampled_layers(num_layers, stride)) - 1) + len(PROB_FEATURES)
 
 
 def softmax(x: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -233,28 +232,28 @@ class HalluShiftStats(Statistic):
     """``[4 (m - 1) + 11]`` HalluShift features: Wasserstein distance and cosine similarity
     between consecutive sampled layers of the softmaxed hidden states and attention rows,
     averaged over the generation steps, then 11 token-probability features (module
-    docstring). ``m = min(num_samples, L)`` evenly spaced layers."""
+    docstring). ``m`` layers: every ``stride``-th (:func:`sampled_layers`)."""
 
     name = "hallushift"
     fields = ("hidden_states", "attentions")
 
-    def __init__(self, num_samples: int = 16, prefill: str = "flatten") -> None:
+    def __init__(self, stride: int = 2, prefill: str = "flatten") -> None:
         if prefill not in PREFILL_MODES:
             raise ValueError(f"prefill must be one of {PREFILL_MODES}, not {prefill!r}")
-        if num_samples < 1:
-            raise ValueError("num_samples must be positive")
-        self.num_samples = num_samples
+        if stride < 1:
+            raise ValueError("stride must be positive")
+        self.stride = stride
         self.prefill = prefill
 
     def params(self) -> dict[str, Any]:
-        return {"num_samples": self.num_samples, "prefill": self.prefill}
+        return {"stride": self.stride, "prefill": self.prefill}
 
     def compute(self, trace: Mapping[str, Any], run_info: Mapping[str, Any]) -> np.ndarray:
         hs, attn = trace["hidden_states"], trace["attentions"]
         L = attn.shape[0]
         if hs.shape[0] != L + 1:
             raise ValueError(f"hidden_states has {hs.shape[0]} layers, attentions {L}: need L+1")
-        layers = sampled_layers(L, self.num_samples)
+        layers = sampled_layers(L, self.stride)
         P, n = int(trace["prompt_len"]), int(trace["answer_len"])
         prob = probability_features(
             np.asarray(trace["token_logprobs"])[:n], np.asarray(trace["token_entropy"])[:n]

@@ -310,56 +310,40 @@ class RunView:
         return out
 
     def roc(self) -> dict[str, Any]:
-        """Test-split scores of the evaluated detectors marked ``supervised = False`` (cheap to
-        refit), recomputed as ``evaluate`` computes them (its split, seed and fit), with each
-        point's trace index; the AUROC reported by ``evaluate`` beside ours. (``evaluate``
-        does not save per-answer scores, so supervised detectors get no curve.)"""
+        """Every evaluated detector's out-of-fold scores of this run (first repeat), as
+        ``evaluate`` saved them (``scores_<dataset>.json``), with each point's trace index, and
+        the AUROC over the repeats beside the one ``evaluate`` reported."""
         if self._roc is not None:
             return self._roc
-        from hallugraph.detectors import all_detectors
-        from hallugraph.features import FeatureTable
         from hallugraph.metrics import roc_auc
-        from hallugraph.splits import split_groups
 
         evals = self.evaluations()
         result: dict[str, Any] = {"detectors": [], "note": ""}
-        if not evals:
-            result["note"] = "no evaluate outputs found for this run"
-            self._roc = result
-            return result
-        ev = evals[0]
-        seed = int(ev["config"].get("seed", 0))
-        frac = tuple(ev["config"].get("frac", (0.6, 0.2, 0.2)))
-        table = FeatureTable.from_run(self.path)
-        y = table.labels
-        tr, _va, te = split_groups(table.groups, seed=seed, frac=frac, labels=y)
-        reg = all_detectors()
-        for row in ev["rows"]:
-            name = row["detector"]
-            cls = reg.get(name)
-            if row.get("error") or cls is None or getattr(cls, "supervised", True):
-                continue
-            det = cls()
-            if hasattr(det, "seed"):
-                det.seed = seed
-            try:
-                det.fit(table[tr], y[tr])
-                s = np.asarray(det.predict_proba(table[te]), dtype=np.float64).reshape(-1)
-            except Exception as err:  # noqa: BLE001 - one detector must not hide the others
-                result["note"] += f"{name}: {type(err).__name__}: {err}; "
-                continue
-            result["detectors"].append(
-                {
-                    "name": name,
-                    "auroc": _finite(roc_auc(y[te], s)),
-                    "auroc_reported": _finite(row.get("auroc")),
-                    "points": [
-                        [int(i), int(lab), float(v)]
-                        for i, lab, v in zip(te.tolist(), y[te].tolist(), s.tolist(), strict=True)
-                    ],
-                }
-            )
-        result["eval_dir"] = ev["dir"]
+        me = self.path.resolve()
+        for ev in evals:
+            for f in sorted(Path(ev["dir"]).glob("scores_*.json")):
+                data = json.loads(f.read_text(encoding="utf-8"))
+                if not data.get("run") or Path(data["run"]).resolve() != me:
+                    continue
+                reported = {r["detector"]: r for r in ev["rows"]}
+                idx, y = data["trace_index"], np.asarray(data["label"])
+                for name, reps in data["scores"].items():
+                    s = np.asarray(reps, dtype=np.float64)
+                    result["detectors"].append(
+                        {
+                            "name": name,
+                            "auroc": _finite(float(np.mean([roc_auc(y, r) for r in s]))),
+                            "auroc_reported": _finite(reported.get(name, {}).get("auroc")),
+                            "points": [
+                                [int(i), int(lab), float(v)]
+                                for i, lab, v in zip(idx, y.tolist(), s[0].tolist(), strict=True)
+                            ],
+                        }
+                    )
+                result["eval_dir"] = ev["dir"]
+                self._roc = result
+                return result
+        result["note"] = "no evaluate outputs with per-answer scores found for this run"
         self._roc = result
         return result
 

@@ -79,12 +79,12 @@ async function evalSection(run, card) {
   }
   for (const ev of evals) {
     card.append(HG.el("h2", {}, "Detectors (" + ev.dir + ")"));
-    const head = HG.el("tr", {}, ...["detector", "family", "AUROC [95% CI]", "AUPR", "Acc", "F1", "n test", "notes"].map((h) => HG.el("th", {}, h)));
+    const head = HG.el("tr", {}, ...["detector", "family", "AUROC [95% CI]", "AUPR", "Acc", "F1", "n (out-of-fold)", "notes"].map((h) => HG.el("th", {}, h)));
     const rows = ev.rows.map((r) => HG.el("tr", { class: "det-row" },
       HG.el("td", {}, r.detector), HG.el("td", {}, r.family),
       HG.el("td", { class: "num" }, `${HG.fmt(r.auroc)} [${HG.fmt(r.auroc_lo)}, ${HG.fmt(r.auroc_hi)}]`),
       HG.el("td", { class: "num" }, HG.fmt(r.aupr)), HG.el("td", { class: "num" }, HG.fmt(r.acc)),
-      HG.el("td", { class: "num" }, HG.fmt(r.f1)), HG.el("td", { class: "num" }, r.n_test),
+      HG.el("td", { class: "num" }, HG.fmt(r.f1)), HG.el("td", { class: "num" }, r.n),
       HG.el("td", { class: "muted" }, r.error ? "error: " + r.error : r.notes || "")));
     card.append(HG.el("div", { class: "scroll" }, HG.el("table", {}, head, ...rows)));
   }
@@ -100,7 +100,7 @@ async function evalSection(run, card) {
     plot.append(HG.el("p", { class: "muted" }, "No ROC: " + (roc.note || "no label-free detector in the evaluation")));
     return;
   }
-  plot.append(HG.el("p", { class: "muted" }, "The detectors marked unsupervised (logit baselines, answer length, groundedness), fitted and scored on evaluate's own split, as evaluate does." + (roc.note ? " " + roc.note : "")));
+  plot.append(HG.el("p", { class: "muted" }, "Every detector's out-of-fold scores (first cross-validation repeat), as evaluate saved them." + (roc.note ? " " + roc.note : "")));
   drawRoc(plot, run, roc, (det, point) => nearList(run, det, point, near));
 }
 

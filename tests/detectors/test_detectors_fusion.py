@@ -1,0 +1,119 @@
+"""The fused detector: nested stacking (base detectors and meta-learner see only the rows given
+to fit), robust to a family that cannot run, family weights, per-run rank normalization."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from hallugraph.detectors import DETECTORS, Detector, NotApplicable, get_detector
+from hallugraph.features import FeatureTable
+
+
+def _noise(rows, salt):
+    return np.array([zlib.crc32(f"{r['question_id']}{salt}".encode()) % 1000 / 1000 for r in rows])
+
+
+class SpySignal(Detector):
+    """Reads the label (a strong family); records the rows it is fitted on."""
+
+    name = "spy_signal"
+    family = "logits"
+    fits: list[tuple[str, set[str]]] = []
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def fit(self, X, y):
+        SpySignal.fits.append((self.name, {r["question_id"] for r in X.rows}))
+        self.fitted_ = True
+        return self
+
+    def predict_proba(self, X):
+        y = np.array([r["label"] for r in X.rows], dtype=float)
+        return 1 / (1 + np.exp(-(2.5 * (y - 0.5) + 2 * (_noise(X.rows, 1) - 0.5))))
+
+
+class SpyNoise(SpySignal):
+    name = "spy_noise"
+    family = "attention"
+
+    def predict_proba(self, X):
+        return _noise(X.rows, 2) * 0.98 + 0.01
+
+
+class SpyAbsent(SpySignal):
+    name = "spy_absent"
+    family = "attribution"
+
+    def fit(self, X, y):
+        raise NotApplicable("no attribution scores in this run")
+
+
+class SpyLost(SpyNoise):
+    """Fits, but cannot score the traces it meets later."""
+
+    name = "spy_lost"
+    family = "graph"
+    lost = False
+
+    def predict_proba(self, X):
+        if SpyLost.lost:
+            raise NotApplicable("gone")
+        return super().predict_proba(X)
+
+
+@pytest.fixture()
+def spies(monkeypatch):
+    for cls in (SpySignal, SpyNoise, SpyAbsent, SpyLost):
+        monkeypatch.setitem(DETECTORS, cls.name, cls)
+    SpySignal.fits.clear()
+    SpyLost.lost = False
+    yield ("spy_signal", "spy_noise", "spy_absent", "spy_lost")
+
+
+def test_fusion_is_nested_and_weighs_the_informative_family(tiny_run, spies):
+    X = FeatureTable.from_run(tiny_run)
+    y = X.labels
+    train, test = np.arange(18), np.arange(18, 24)
+    det = get_detector("fusion", bases=spies, inner_folds=3).fit(X[train], y[train])
+    train_ids = {r["question_id"] for r in X[train].rows}
+    # every base fit (3 inner folds + the final refit) saw training rows only; the inner ones
+    # held a fold out
+    fits = [f for name, f in SpySignal.fits if name == "spy_signal"]
+    assert len(fits) == 4 and len(SpySignal.fits) == 12
+    assert all(f <= train_ids for _, f in SpySignal.fits)
+    assert sum(f == train_ids for f in fits) == 1
+    assert "spy_absent" in det.dropped_ and det.kept_ == ("spy_signal", "spy_noise", "spy_lost")
+    w = det.family_weights_
+    assert set(w) == {"logits", "attention", "graph"} and sum(w.values()) == pytest.approx(1)
+    assert w["logits"] > 0.5
+    s = det.predict_proba(X[test])
+    assert s.shape == (6,) and ((s >= 0) & (s <= 1)).all()
+    assert s[y[test] == 1].min() > s[y[test] == 0].max()
+    # a family that cannot score new traces contributes nothing instead of failing
+    SpyLost.lost = True
+    s2 = det.predict_proba(X[test])
+    assert np.isfinite(s2).all() and s2[y[test] == 1].min() > s2[y[test] == 0].max()
+
+
+def test_fusion_with_no_usable_family_is_not_applicable(tiny_run, spies):
+    X = FeatureTable.from_run(tiny_run)
+    with pytest.raises(NotApplicable, match="no base detector"):
+        get_detector("fusion", bases=("spy_absent",)).fit(X, X.labels)
+    with pytest.raises(ValueError, match="normalize"):
+        get_detector("fusion", normalize="zscore").fit(X, X.labels)
+
+
+def test_rank_normalization_ignores_a_monotone_rescaling():
+    det = get_detector("fusion", normalize="run")
+    rng = np.random.default_rng(0)
+    S = rng.random((50, 3))
+    runs = np.repeat([0, 1], 25)
+    Z = det._transform(S, runs, fit=True)
+    warped = S.copy()
+    warped[runs == 1] = warped[runs == 1] ** 4  # another domain: the same order, other scale
+    np.testing.assert_allclose(det._transform(warped, runs, fit=False), Z)
+    assert abs(Z[runs == 0].mean()) < 1e-9 and Z.std() == pytest.approx(1, abs=0.05)
