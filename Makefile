@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.hallugraph-installed
 ATTR_STAMP := $(VENV)/.hallugraph-attribution
 ARGS    ?=
 
-.PHONY: setup setup-attribution run test test-fast lint format bench bench-codec bench-score bench-attribution benchmark-table transcoders clean
+.PHONY: setup setup-attribution run test test-fast lint format bench bench-codec bench-score bench-attribution benchmark-table groundedness-eval transcoders clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,11 @@ benchmark-table: setup  ## docs/BENCHMARKS.md's detector table: extract, label, 
 	$(BIN)/hallugraph extract --dataset halueval_qa --out $(BENCH)/halueval_qa --keep-tensors $(KEEP)
 	$(BIN)/hallugraph label $(BENCH)/triviaqa $(BENCH)/truthfulqa $(BENCH)/halueval_qa_tf $(BENCH)/halueval_qa
 	$(BIN)/hallugraph evaluate $(BENCH)/triviaqa $(BENCH)/truthfulqa $(BENCH)/halueval_qa_tf $(BENCH)/halueval_qa --out $(BENCH)/eval
+
+GROUNDEDNESS_OUT ?= runs/groundedness
+
+groundedness-eval: setup-attribution  ## issue 13: Groundedness on HaluEval-QA (extract, label, sweep, score, report into docs/benchmark; hours of CPU; resumable)
+	$(BIN)/hallugraph groundedness-eval $(GROUNDEDNESS_OUT) --report-dir docs/benchmark $(ARGS)
 
 transcoders: setup  ## the documented transcoder set for SmolLM2-135M (~2 h on 2 cores; resumable; installs python3.11-doc, dict-gcide)
 	@test -d /usr/share/doc/python3.11/html/_sources -a -f /usr/share/dictd/gcide.dict.dz \

@@ -90,14 +90,19 @@ class Steps:
         self.path = out / "steps.json"
         self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
-    def run(self, name: str, fn: Any, *a: Any, **kw: Any) -> Any:
+    def run(self, name: str, fn: Any, *a: Any, key: Any = None, **kw: Any) -> Any:
+        """Run step ``name`` (its time added to the earlier attempts'); with ``key``, skip it
+        when it is already done with the same key."""
+        prev = self.data.get(name, {})
+        if key is not None and prev.get("done") and prev.get("key") == key:
+            return None
         t0, c0 = time.perf_counter(), _cpu()
         res = fn(*a, **kw)
-        prev = self.data.get(name, {})
         self.data[name] = {
             "wall_s": round(prev.get("wall_s", 0) + time.perf_counter() - t0, 1),
             "cpu_s": round(prev.get("cpu_s", 0) + _cpu() - c0, 1),
             "done": True,
+            **({} if key is None else {"key": key}),
         }
         atomic_write_json(self.path, self.data)
         return res
@@ -312,7 +317,7 @@ def run_eval(cfg: EvalConfig, plan_only: bool = False) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", asdict(cfg))
     steps = Steps(out)
-    steps.run("extract", extract, cfg)
+    steps.run("extract", extract, cfg, key={"questions": cfg.questions})
     p = steps.run("plan", plan, cfg)
     if plan_only:
         return {r: p["runs"][r]["counts"] for r in RUNS}

@@ -337,6 +337,7 @@ def add_groundedness_eval_parser(sub: Any) -> None:
     p.add_argument("--processes", type=int, default=2, help="parallel scoring processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tol", type=int, default=2, help="length matching: answer tokens (±2)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--report-dir", default=None, help="CSV/JSON/PNG folder (OUT/report)")
     p.add_argument("--no-graph-png", action="store_true")
@@ -365,6 +366,7 @@ def run_groundedness_eval(args: argparse.Namespace) -> int:
         processes=args.processes,
         threads=args.threads,
         seed=args.seed,
+        tol=args.tol,
         bootstrap=args.bootstrap,
         report_dir=args.report_dir,
         graph_png=not args.no_graph_png,
