@@ -33,10 +33,12 @@ graph.
     python benchmarks/attribution_speed.py --nodes 64           # that budget alone
     python benchmarks/attribution_speed.py --nodes 7500 --ct-nodes ''
 
-``--keep-transcoders DIR`` writes the random set to ``DIR`` (for ``hallugraph groundedness
---transcoders DIR``); ``--compare RUN_A RUN_B`` instead prints, for the traces scored in both
-runs' ``attribution/groundedness.json`` (e.g. one scored with each engine), the largest
-|Δ| of Gctx / RS / CS and the mean seconds per trace of each.
+``--answers RUN --transcoders DIR`` instead times the engine alone on the first ``--examples``
+answers of a run (CPU and wall seconds per answer at each of ``--nodes``; one answer from 7,500
+nodes on). ``--keep-transcoders DIR`` writes the random set to ``DIR`` (for ``hallugraph
+groundedness --transcoders DIR``); ``--compare RUN_A RUN_B`` instead prints, for the traces
+scored in both runs' ``attribution/groundedness.json`` (e.g. one scored with each engine), the
+largest |Δ| of Gctx / RS / CS and the mean seconds per trace of each.
 """
 
 from __future__ import annotations
@@ -111,10 +113,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--out", default=None, help="also write the JSON lines to this file")
     ap.add_argument("--keep-transcoders", default=None, help="write the random set here")
     ap.add_argument("--compare", nargs=2, metavar="RUN", help="compare two scored runs")
+    ap.add_argument("--answers", metavar="RUN", help="time the engine on a run's answers")
     args = ap.parse_args(argv)
     if args.compare:
         return compare_runs(*args.compare)
     torch.set_num_threads(args.threads)
+    if args.answers:
+        return time_answers(args)
     from hallugraph.models import load_model
 
     budgets = sorted({int(x) for x in args.nodes.split(",") if x.strip()})
@@ -159,6 +164,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     **{f"engine_{k}": v for k, v in _scores(g, ctx).items()},
                 }
                 rec.update({f"t_{k}": v for k, v in engine.last_timings.items()})
+                rec.update({f"cpu_{k}": v for k, v in engine.last_cpu_timings.items()})
                 results.append(rec)
                 if n in ct_budgets:
                     graphs[qid, n] = g
@@ -211,6 +217,56 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return results
 
 
+def time_answers(args: argparse.Namespace) -> list[dict]:
+    """The engine's wall and CPU seconds per answer on the first ``--examples`` answers with a
+    context of the run ``--answers`` (the graph ``hallugraph groundedness`` builds: the first
+    answer token, actual token as the target), with ``--transcoders``, at each of ``--nodes``
+    (at budget ``n``, at most ``--examples`` answers, and at most 1 from 7,500 nodes on)."""
+    from hallugraph.attribution.groundedness import attribute_answer_token, context_rows
+    from hallugraph.store import TraceStore
+
+    if not args.transcoders:
+        raise SystemExit("--answers needs --transcoders DIR")
+    store = TraceStore(args.answers)
+    rows = context_rows(store)[: args.examples]
+    engine = AttributionEngine.from_pretrained(_source(store.info["model"]), args.transcoders)
+    results = []
+    for n in sorted({int(x) for x in args.nodes.split(",") if x.strip()}):
+        for row in rows[: 1 if n >= 7500 else None]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            g, ctx, _ = attribute_answer_token(
+                engine, row, 0, max_feature_nodes=n, batch_size=args.batch_size
+            )
+            rec = {
+                "question_id": row["question_id"],
+                "nodes": n,
+                "n_pos": len(g.input_tokens),
+                "active_features": int(g.active_features.shape[0]),
+                "s": time.perf_counter() - t0,
+                "cpu_s": time.process_time() - c0,
+                "peak_gb": _peak_gb(),
+                **_scores(g, ctx),
+            }
+            results.append(rec)
+            print(json.dumps({k: _round(v) for k, v in rec.items()}), flush=True)
+    if args.out:
+        from hallugraph.io import atomic_write_text
+
+        lines = [json.dumps({k: _round(v) for k, v in r.items()}) for r in results]
+        atomic_write_text(args.out, "\n".join(lines) + "\n")
+    print(f"\n{cpu_name()}, {args.threads} threads, {args.transcoders}")
+    print("| nodes | answers | CPU s / answer (mean, max) | wall s / answer | peak RSS GiB |")
+    print("|---:|---:|---:|---:|---:|")
+    for n in sorted({r["nodes"] for r in results}):
+        rs = [r for r in results if r["nodes"] == n]
+        cpu = [r["cpu_s"] for r in rs]
+        print(
+            f"| {n} | {len(rs)} | {sum(cpu) / len(cpu):.2f}, {max(cpu):.2f} | "
+            f"{sum(r['s'] for r in rs) / len(rs):.2f} | {max(r['peak_gb'] for r in rs):.2f} |"
+        )
+    return results
+
+
 def compare_runs(run_a: str, run_b: str) -> list[dict]:
     """Per-trace |Δ| of Gctx / RS / CS between two scored runs, and their seconds."""
     from hallugraph.features.groundedness import read_scores
@@ -224,7 +280,7 @@ def compare_runs(run_a: str, run_b: str) -> list[dict]:
         rows.append(
             {"question_id": qid, "max_diff": diff, "a_s": ra["seconds"], "b_s": rb["seconds"]}
         )
-        print(json.dumps({k: _round(v) for k, v in rows[-1].items()}))
+        print(json.dumps({k: v if k == "max_diff" else _round(v) for k, v in rows[-1].items()}))
     for name, pay in (("a", a), ("b", b)):
         secs = [r["seconds"] for r in pay["scores"].values()]
         st = pay["settings"] or {}
@@ -274,7 +330,7 @@ def _fmt(v: float) -> str:
 
 
 def _round(v):
-    return round(v, 6) if isinstance(v, float) and math.isfinite(v) else v
+    return float(f"{v:.6g}") if isinstance(v, float) and math.isfinite(v) else v
 
 
 if __name__ == "__main__":

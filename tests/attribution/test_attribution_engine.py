@@ -287,16 +287,61 @@ def test_influence_equals_circuit_tracer_partial_influences():
         rti += nodes.tolist()
 
 
-def test_live_positions_path_equals_dense(llama_dir, tmp_path, monkeypatch):
-    """The backward that skips a row's positions after its own gives the dense one's rows."""
-    from hallugraph.attribution.engine import sweep
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Within 1e-5 of the row's largest entry (sums in another order round differently)."""
+    if b.numel() == 0:
+        return a.numel() == 0
+    return bool(((a - b).abs() <= 1e-5 * b.abs().max().clamp(min=1e-30)).all())
 
-    tdir = _write(tmp_path, "live", _layers(2, 32, 48, seed=11, jumprelu=(1,), skip=True))
+
+def test_rows_do_not_depend_on_batching_or_columns(llama_dir, tmp_path):
+    """compute_rows on a batch mixing layers and positions (rows joining the position-major
+    gradient at different layers, each step cut at the positions reached so far) equals each
+    row computed alone; with ``columns`` it returns exactly those columns of the full rows."""
+    from hallugraph.attribution.engine.model import frozen_forward
+    from hallugraph.attribution.engine.sweep import compute_rows, encoder_rows, prepare
+
+    tdir = _write(tmp_path, "rows", _layers(2, 32, 48, seed=11, jumprelu=(1,), skip=True))
+    engine = AttributionEngine.from_pretrained(llama_dir, tdir)
+    ids = engine.ensure_tokenized(_ids(engine.tokenizer))
+    cache = frozen_forward(engine.model, ids)
+    prep = prepare(cache, engine.weights, engine.transcoders, ids)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(prep.n_features, generator=g)[:12]
+    lay, pos = prep.feat_layer[idx], prep.feat_pos[idx]
+    assert len(lay.unique()) > 1 and len(pos.unique()) > 3
+    args = (prep, cache, engine.weights, engine.transcoders)
+    feats, et = compute_rows(*args, lay, pos, encoder_rows(prep, engine.transcoders, idx))
+    for r in range(len(idx)):
+        one = idx[r : r + 1]
+        f1, e1 = compute_rows(
+            *args, lay[r : r + 1], pos[r : r + 1], encoder_rows(prep, engine.transcoders, one)
+        )
+        width = f1.shape[1]
+        assert _close(feats[r, :width], f1[0])
+        assert not feats[r, width:].any()  # features of its own layer and above: zero
+        assert _close(et[r], e1[0])
+    cols = torch.sort(torch.randperm(prep.n_features, generator=g)[:20]).values
+    narrow, et2 = compute_rows(*args, lay, pos, encoder_rows(prep, engine.transcoders, idx), cols)
+    full = torch.zeros(len(idx), prep.n_features)
+    full[:, : feats.shape[1]] = feats
+    assert all(_close(a, b) for a, b in zip(narrow, full[:, cols], strict=True))
+    assert torch.equal(et2, et)
+
+
+def test_last_queue_with_selected_columns_only_gives_the_same_graph(
+    llama_dir, tmp_path, monkeypatch
+):
+    """The last queue's rows computed for the selected columns only (nothing ranks them) give
+    the graph of full rows."""
+    from hallugraph.attribution.engine import attribute
+
+    tdir = _write(tmp_path, "narrow", _layers(2, 32, 48, seed=11, jumprelu=(1,), skip=True))
     engine = AttributionEngine.from_pretrained(llama_dir, tdir)
     ids = _ids(engine.tokenizer)
     graphs = []
-    for threshold in (0.0, 2.0):  # never / always skip
-        monkeypatch.setattr(sweep, "_DENSE_ABOVE", threshold)
+    for factor in (1, 10**9):  # narrow last queue / always full rows
+        monkeypatch.setattr(attribute, "_NARROW_BELOW", factor)
         graphs.append(engine.attribute(ids, max_feature_nodes=30, batch_size=8, chunk_size=16))
     assert torch.equal(graphs[0].selected_features, graphs[1].selected_features)
     assert torch.allclose(graphs[0].adjacency_matrix, graphs[1].adjacency_matrix, atol=1e-6)

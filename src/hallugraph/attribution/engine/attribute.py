@@ -6,19 +6,23 @@ settings (``max_n_logits``, ``desired_logit_prob``, ``max_feature_nodes``, ``bat
 ``update_interval``), the same way:
 
 1. the tokens start with a special token (one is prepended as circuit-tracer's
-   ``ensure_tokenized`` does); one eager forward (:func:`~.model.frozen_forward`); every
-   transcoder encoded, features and errors at position 0 zeroed (:func:`~.sweep.prepare`);
+   ``ensure_tokenized`` does); one eager forward (:func:`~.model.frozen_forward`);
 2. logit targets: the given token ids, or the top ``max_n_logits`` of the last position's
    softmax cut where the cumulative probability reaches ``desired_logit_prob``; each target's
    vector is its unembedding row minus the mean row, its weight its probability;
-3. the logit rows, then feature rows in circuit-tracer's order of selection: rank the active
+3. every transcoder encoded, features and errors at position 0 zeroed, and the logit rows
+   (:func:`~.sweep.prepare_with_logit_rows`: their sweep needs no feature, so it runs first
+   and each layer is read while its decoder rows are at hand);
+4. feature rows in circuit-tracer's order of selection: rank the active
    features by their influence on the logits through the rows computed so far
    (:meth:`~.rows.RowStore.influence`, ``torch.argsort(…, descending=True)`` as circuit-tracer
    calls it), take the next ``update_interval · batch_size`` unvisited ones (fewer at the end of
    the budget), compute their rows, re-rank; with a budget of every active feature, all of
    them in index order. Rows do not depend on how they are batched, so the queue between two
-   rankings is computed in chunks of ``chunk_size`` sorted by layer and position;
-4. the adjacency in circuit-tracer's node order (:mod:`~.graph`).
+   rankings is computed in chunks of ``chunk_size`` sorted by layer and position. The last
+   queue's rows are ranked by nothing: they are computed for the selected features' columns
+   only (when the budget is small against the active features);
+5. the adjacency in circuit-tracer's node order (:mod:`~.graph`).
 
 Ties: features whose influences are exactly equal (e.g. two features with identical weights)
 are ordered as ``torch.argsort(descending=True)`` orders them, which is not a stable sort (not
@@ -46,12 +50,20 @@ from hallugraph.attribution.engine.model import (
     load_hf_model,
 )
 from hallugraph.attribution.engine.rows import RowStore
-from hallugraph.attribution.engine.sweep import compute_rows, encoder_rows, prepare
+from hallugraph.attribution.engine.sweep import (
+    compute_rows,
+    encoder_rows,
+    prepare_with_logit_rows,
+)
 from hallugraph.attribution.engine.transcoders import EngineTranscoders, load_transcoders
 
 __all__ = ["AttributionEngine", "logit_targets"]
 
 log = logging.getLogger(__name__)
+
+#: the last queue's rows are computed for the selected columns only when the budget is at most
+#: 1 / _NARROW_BELOW of the active features (else the full rows cost about as much)
+_NARROW_BELOW = 4
 
 
 def logit_targets(
@@ -83,16 +95,18 @@ def logit_targets(
 
 
 class _Clock:
-    """Seconds per phase (``clock("name")`` adds the time since the last call)."""
+    """Wall and CPU seconds per phase (``clock("name")`` adds the time since the last call)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
-        self._t = time.perf_counter()
+        self.cpu_seconds: dict[str, float] = {}
+        self._t, self._c = time.perf_counter(), time.process_time()
 
     def __call__(self, name: str) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         self.seconds[name] = self.seconds.get(name, 0.0) + now - self._t
-        self._t = now
+        self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + cpu - self._c
+        self._t, self._c = now, cpu
 
 
 class AttributionEngine:
@@ -108,7 +122,9 @@ class AttributionEngine:
         self.weights = linear_weights(model)
         self.cfg = GraphConfig.from_hf(model.config)
         self.last_timings: dict[str, float] = {}
-        """Seconds per phase of the last :meth:`attribute` call."""
+        """Wall seconds per phase of the last :meth:`attribute` call."""
+        self.last_cpu_timings: dict[str, float] = {}
+        """CPU seconds (``time.process_time``) per phase of the last :meth:`attribute` call."""
         if transcoders.n_layers != self.weights.n_layers:
             raise ValueError(
                 f"{transcoders.path}: {transcoders.n_layers} transcoders for a model with "
@@ -173,9 +189,6 @@ class AttributionEngine:
         clock = _Clock()
         cache = frozen_forward(self.model, ids)
         clock("forward")
-        prep = prepare(cache, w, tc, ids)
-        clock("prepare")
-        n_layers, n_pos, n_active = prep.n_layers, prep.n_pos, prep.n_features
         targets, probs, vecs = logit_targets(
             cache.last_logits,
             w.unembed,
@@ -184,26 +197,19 @@ class AttributionEngine:
             max_n_logits,
             desired_logit_prob,
         )
-        n_logits = len(targets)
+        prep, feats, et = prepare_with_logit_rows(cache, w, tc, ids, vecs)
+        clock("prepare_and_logit_rows")
+        n_layers, n_active, n_logits = prep.n_layers, prep.n_features, len(targets)
         budget = min(max_feature_nodes or n_active, n_active)
         store = RowStore(prep.offsets, prep.row_size, budget + n_logits, self.device, vecs.dtype)
         log.info("%d active features, %d logit targets, budget %d", n_active, n_logits, budget)
-
-        feats, et = compute_rows(
-            prep,
-            cache,
-            w,
-            tc,
-            torch.full((n_logits,), n_layers),
-            torch.full((n_logits,), n_pos - 1),
-            vecs,
-        )
         minus = torch.full((n_logits,), -1)
         store.add(torch.full((n_logits,), n_layers), minus, torch.arange(n_logits), feats, et)
-        clock("logit_rows")
+        clock("logit_rows_store")
         visited = torch.zeros(n_active, dtype=torch.bool)
         n_visited = 0
         bar = tqdm(total=budget, desc="feature rows", unit="row", disable=not verbose)
+        extra = None
         while n_visited < budget:
             if budget == n_active:
                 pending = torch.arange(n_active)
@@ -213,16 +219,21 @@ class AttributionEngine:
                 size = min(update_interval * batch_size, budget - n_visited)
                 pending = rank[~visited[rank]][:size]
                 clock("ranking")
-            self._rows(prep, cache, store, pending, chunk_size)
-            clock("feature_rows")
             visited[pending] = True
             n_visited += len(pending)
+            if n_visited == budget and budget * _NARROW_BELOW <= n_active:
+                # the last queue: nothing ranks these rows, the graph keeps only the
+                # selected features' columns of them
+                extra = self._rows(prep, cache, None, pending, chunk_size, torch.where(visited)[0])
+            else:
+                self._rows(prep, cache, store, pending, chunk_size)
+            clock("feature_rows")
             bar.update(len(pending))
         bar.close()
         selected = torch.where(visited)[0]
-        adjacency = store.assemble(selected, n_logits)
+        adjacency = store.assemble(selected, n_logits, extra)
         clock("assemble")
-        self.last_timings = clock.seconds
+        self.last_timings, self.last_cpu_timings = clock.seconds, clock.cpu_seconds
         log.info("attribution done in %.2f s: %s", time.perf_counter() - t0, clock.seconds)
         return AttributionGraph(
             input_string=self.tokenizer.decode(ids),
@@ -238,10 +249,23 @@ class AttributionEngine:
             scan=tc.scan,
         )
 
-    def _rows(self, prep, cache, store: RowStore, pending: torch.Tensor, chunk: int) -> None:
-        """Compute and store the rows of the features ``pending`` (sorted by layer, position)."""
+    def _rows(
+        self,
+        prep,
+        cache,
+        store: RowStore | None,
+        pending: torch.Tensor,
+        chunk: int,
+        columns: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Compute the rows of the features ``pending`` (sorted by layer, position) and add
+        them to ``store``; with ``columns`` (and no store), return ``(nodes, feats [R,
+        len(columns)], et)`` for those columns only."""
+        if store is not None:
+            prep.keep_decoders()  # full rows, read chunk after chunk
         key = prep.feat_layer[pending] * (prep.n_pos + 1) + prep.feat_pos[pending]
         pending = pending[torch.argsort(key, descending=True, stable=True)]
+        out = []
         for s in range(0, len(pending), chunk):
             idx = pending[s : s + chunk]
             lay, pos = prep.feat_layer[idx], prep.feat_pos[idx]
@@ -253,5 +277,12 @@ class AttributionEngine:
                 lay,
                 pos,
                 encoder_rows(prep, self.transcoders, idx),
+                columns,
             )
-            store.add(lay, idx, torch.full((len(idx),), -1), feats, et)
+            if store is None:
+                out.append((idx, feats, et))
+            else:
+                store.add(lay, idx, torch.full((len(idx),), -1), feats, et)
+        if store is not None:
+            return None
+        return tuple(torch.cat(parts) for parts in zip(*out, strict=True))  # type: ignore[return-value]

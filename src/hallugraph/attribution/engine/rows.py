@@ -134,9 +134,18 @@ class RowStore:
             infl[: self.offsets[lay]] += acc
         return infl
 
-    def assemble(self, selected: torch.Tensor, n_logits: int) -> torch.Tensor:
+    def assemble(
+        self,
+        selected: torch.Tensor,
+        n_logits: int,
+        extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """The dense adjacency in circuit-tracer's node order: rows of the selected features
-        (ascending) and of the logits, columns [selected features, errors, tokens, logits]."""
+        (ascending) and of the logits, columns [selected features, errors, tokens, logits].
+
+        ``extra``: ``(nodes, feats [R, n_selected], et [R, row_size])``, rows computed for the
+        selected features' columns only and kept out of the store (the last queue: nothing
+        ranks them)."""
         n_sel = len(selected)
         row_size = self.et.shape[1]
         n_nodes = n_sel + row_size + n_logits
@@ -161,4 +170,12 @@ class RowStore:
             block[:, keep.to(self.dev)] = used[:, sel_dev[keep.to(self.dev)]]
             adj[target[rows_t].to(self.dev), :n_sel] = block
         adj[target.to(self.dev), n_sel : n_sel + row_size] = self.et[:n]
+        if extra is not None:
+            nodes, feats, et = extra
+            rows = rank[nodes]
+            if (rows < 0).any():
+                raise RuntimeError("a computed row belongs to no selected feature")
+            rows = rows.to(self.dev)
+            adj[rows, :n_sel] = feats
+            adj[rows, n_sel : n_sel + row_size] = et
         return adj
