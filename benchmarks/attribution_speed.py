@@ -222,7 +222,7 @@ def time_answers(args: argparse.Namespace) -> list[dict]:
     context of the run ``--answers`` (the graph ``hallugraph groundedness`` builds: the first
     answer token, actual token as the target), with ``--transcoders``, at each of ``--nodes``
     (at budget ``n``, at most ``--examples`` answers, and at most 1 from 7,500 nodes on)."""
-    from hallugraph.attribution.groundedness import attribute_answer_token, context_rows
+    from hallugraph.attribution.run import attribute_answer_token, context_rows
     from hallugraph.store import TraceStore
 
     if not args.transcoders:
