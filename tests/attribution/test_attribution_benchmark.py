@@ -166,7 +166,9 @@ def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_set, tmp_path, monkeypat
         transcoders=str(tdir),
         model=str(model_dir),
         nodes=(4, NODES),
-        sweep_targets=("first",),
+        sweep_targets=("first", "all"),
+        sweep_all_nodes=(4,),
+        sweep_max_answer_tokens=2,
         sweep_answers=4,
         processes=1,  # --shard / --merge: test_shards_merge_to_the_single_process_scores
         tol=100,  # the tiny answers' lengths vary: match them all
@@ -177,7 +179,11 @@ def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_set, tmp_path, monkeypat
     res = run_eval(cfg)
     w = tmp_path / "w"
     sweep = json.loads((w / "sweep.json").read_text())
-    assert [r["nodes"] for r in sweep["table"]] == [4, NODES]
+    assert [(r["nodes"], r["targets"]) for r in sweep["table"]] == [
+        (4, "first"),
+        (NODES, "first"),
+        (4, "all"),
+    ]
     assert all(r["answers"] == sweep["answers"] for r in sweep["table"])
     val = json.loads((w / "plan.json").read_text())["question_split"]
     assert all(val[i] == "val" for i in json.loads((w / "sweep" / "ids.json").read_text()))

@@ -60,6 +60,8 @@ class EvalConfig:
     """The first N HaluEval-QA questions (None: all 500)."""
     nodes: tuple[int, ...] = (32, 64, 128, 256, 512)
     sweep_targets: tuple[str, ...] = ("first", "all")
+    sweep_all_nodes: tuple[int, ...] | None = None
+    """Budgets swept with ``targets=all`` (one graph per answer token); None: ``nodes``."""
     sweep_answers: int = 150
     sweep_max_answer_tokens: int | None = None
     max_feature_nodes: int | None = None
@@ -254,7 +256,11 @@ def sweep(cfg: EvalConfig, p: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"only {len(ids)} length-matched validation answers for the sweep")
     (out / "sweep").mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "sweep" / "ids.json", ids)
-    settings = [(n, t) for t in cfg.sweep_targets for n in cfg.nodes]
+    settings = [
+        (n, t)
+        for t in cfg.sweep_targets
+        for n in (cfg.sweep_all_nodes or cfg.nodes if t == "all" else cfg.nodes)
+    ]
     n = max(1, cfg.processes)
     cmds = []
     for k in range(n):
@@ -304,6 +310,8 @@ def score(cfg: EvalConfig) -> None:
         base += ["--max-feature-nodes", str(nodes), "--targets", targets, "--device", "cpu"]
         base += ["--threads", str(cfg.threads)] + ([] if cfg.progress else ["--no-progress"])
         base += ["--model", cfg.model] if cfg.model else []
+        if targets == "all" and cfg.sweep_max_answer_tokens:  # as in the sweep
+            base += ["--max-answer-tokens", str(cfg.sweep_max_answer_tokens)]
         if n == 1:
             _call(base, cfg.threads)
             continue

@@ -329,6 +329,11 @@ def add_groundedness_eval_parser(sub: Any) -> None:
     p.add_argument("--questions", type=int, default=None, help="first N questions (all 500)")
     p.add_argument("--nodes", default="32,64,128,256,512", help="sweep node budgets")
     p.add_argument("--sweep-targets", default="first,all")
+    p.add_argument(
+        "--sweep-all-nodes",
+        default=None,
+        help="budgets swept with --targets all (one graph per answer token; default: --nodes)",
+    )
     p.add_argument("--sweep-answers", type=int, default=150)
     p.add_argument("--sweep-max-answer-tokens", type=int, default=None)
     p.add_argument("--skip-sweep", action="store_true", help="needs --max-feature-nodes, --targets")
@@ -358,6 +363,11 @@ def run_groundedness_eval(args: argparse.Namespace) -> int:
         questions=args.questions,
         nodes=tuple(int(v) for v in args.nodes.split(",") if v),
         sweep_targets=tuple(v for v in args.sweep_targets.split(",") if v),
+        sweep_all_nodes=(
+            tuple(int(v) for v in args.sweep_all_nodes.split(",") if v)
+            if args.sweep_all_nodes
+            else None
+        ),
         sweep_answers=args.sweep_answers,
         sweep_max_answer_tokens=args.sweep_max_answer_tokens,
         max_feature_nodes=args.max_feature_nodes,
