@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from hallugraph.attribution.benchmark_report import RUNS, answer_table, resolve_set, write_report
 from hallugraph.attribution.lengthmatch import (
     DEFAULT_FRAC,
     count_matched,
@@ -42,7 +43,6 @@ from hallugraph.attribution.lengthmatch import (
 )
 from hallugraph.io import atomic_write_json, atomic_write_text
 
-RUNS = ("halueval_qa_tf", "halueval_qa")
 DEFAULT_TRANSCODERS = "smollm2-135m-2h-v2"
 KNEE_TOL = 0.01
 """A node budget is 'enough' when its AUROC is within this of the best budget's."""
@@ -137,16 +137,6 @@ def _parallel(cmds: Sequence[Sequence[str]], threads: int) -> None:
         raise RuntimeError(f"`{' '.join(bad[0][0])}` exited with {bad[0][1]}")
 
 
-def resolve_set(name: str) -> str:
-    """A transcoder set given as a folder, or as a set name under the cache of SmolLM2-135M."""
-    p = Path(name).expanduser()
-    if p.is_dir() or "/" in name:
-        return str(p)
-    from hallugraph.config import cache_dir
-
-    return str(cache_dir() / "transcoders" / "smollm2_135M" / name)
-
-
 # ---------------------------------------------------------------------------------------------
 # steps
 
@@ -159,23 +149,6 @@ def extract(cfg: EvalConfig) -> None:
         cmd += [] if n is None else ["--num-samples", str(n)]
         _call(cmd + ([] if cfg.progress else ["--no-progress"]), cfg.threads)
     _call([*_py(), "label", *(str(out / r) for r in RUNS)], cfg.threads)
-
-
-def answer_table(run: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Per trace of a labeled run: id, question (group), label, answer tokens."""
-    from hallugraph.store import TraceStore
-
-    rows = TraceStore(run).manifest
-    if any("label" not in r for r in rows):
-        raise ValueError(f"{run} has unlabeled traces: run `hallugraph label {run}` first")
-    return {
-        "id": np.array([r["question_id"] for r in rows]),
-        "question_id": np.array(
-            [r.get("example_meta", {}).get("group", r["question_id"]) for r in rows]
-        ),
-        "label": np.array([int(r["label"]) for r in rows], dtype=np.int64),
-        "answer_tokens": np.array([int(r["answer_len"]) for r in rows], dtype=np.int64),
-    }
 
 
 def plan(cfg: EvalConfig) -> dict[str, Any]:
@@ -332,7 +305,5 @@ def run_eval(cfg: EvalConfig, plan_only: bool = False) -> dict[str, Any]:
     if not cfg.skip_sweep:
         steps.run("sweep", sweep, cfg, p)
     steps.run("score", score, cfg)
-    from hallugraph.attribution.benchmark_report import write_report
-
     nodes, targets = chosen_setting(cfg)
     return steps.run("report", write_report, cfg, p, nodes, targets, steps.data)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,11 +45,38 @@ CSV_COLUMNS = (
 REPORT_T = 0.4
 """The report's threshold: hallucinated when Groundedness < 0.4."""
 BASELINES = ("lookback_lens", "graph_topology", "answer_length")
+RUNS = ("halueval_qa_tf", "halueval_qa")
+
+
+def resolve_set(name: str) -> str:
+    """A transcoder set given as a folder, or as a set name under the cache of SmolLM2-135M."""
+    p = Path(name).expanduser()
+    if p.is_dir() or "/" in name:
+        return str(p)
+    from hallugraph.config import cache_dir
+
+    return str(cache_dir() / "transcoders" / "smollm2_135M" / name)
+
+
+def answer_table(run: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Per trace of a labeled run: id, question (group), label, answer tokens."""
+    from hallugraph.store import TraceStore
+
+    rows = TraceStore(run).manifest
+    if any("label" not in r for r in rows):
+        raise ValueError(f"{run} has unlabeled traces: run `hallugraph label {run}` first")
+    return {
+        "id": np.array([r["question_id"] for r in rows]),
+        "question_id": np.array(
+            [r.get("example_meta", {}).get("group", r["question_id"]) for r in rows]
+        ),
+        "label": np.array([int(r["label"]) for r in rows], dtype=np.int64),
+        "answer_tokens": np.array([int(r["answer_len"]) for r in rows], dtype=np.int64),
+    }
 
 
 def run_frame(out: Path, run: str, p: dict[str, Any]) -> dict[str, np.ndarray]:
     """Per trace of ``run``: the answer table, split, pair id, stored Gctx / RS / CS."""
-    from hallugraph.attribution.benchmark import answer_table
     from hallugraph.features.groundedness import read_scores
 
     t = answer_table(out / run)
@@ -210,7 +238,6 @@ def write_report(
     cfg: Any, p: dict[str, Any], nodes: int, targets: str, steps: dict[str, Any]
 ) -> dict[str, Any]:
     """Everything of the report step; returns the JSON written."""
-    from hallugraph.attribution.benchmark import RUNS, resolve_set
     from hallugraph.config import cpu_name
 
     out = Path(cfg.out)
@@ -261,8 +288,6 @@ def write_report(
 def draw_example_graph(cfg: Any, t: dict[str, np.ndarray], nodes: int, rdir: Path) -> None:
     """One hallucinated length-matched test answer's graph (``hallugraph attribution --png``),
     the one with the lowest Gctx."""
-    from hallugraph.attribution.benchmark import resolve_set
-
     m = np.flatnonzero((t["split"] == "test") & (t["pair"] >= 0) & (t["label"] == 1))
     png = rdir / "groundedness_graph_hallucinated.png"
     if not len(m) or png.is_file():
