@@ -61,7 +61,12 @@ def _squash(det: Any, raw: np.ndarray) -> np.ndarray:
 def _logit_values(det: Any, trace: Mapping[str, Any], n: int) -> np.ndarray | None:
     lp = np.asarray(trace["token_logprobs"], dtype=np.float64)[:n]
     ent = np.asarray(trace["token_entropy"], dtype=np.float64)[:n]
-    column = {0: -lp, 2: lp, 3: ent}.get(getattr(det, "column", None))
+    per_token = {
+        "logit.log_perplexity": -lp,
+        "logit.min_logprob": lp,
+        "logit.mean_entropy": ent,
+    }
+    column = per_token.get(getattr(det, "output", None))
     return None if column is None else det.sign * column
 
 

@@ -26,65 +26,22 @@ part up to the end of the highest layer the batch reads.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from hallugraph.attribution.engine.model import ForwardCache, LinearWeights
+from hallugraph.attribution.engine.prepared import Prepared
+from hallugraph.attribution.engine.read import (
+    column_picks,
+    read_columns,
+    read_errors_into,
+    read_layer,
+    read_rows,
+    read_tokens,
+)
 from hallugraph.attribution.engine.transcoders import EngineTranscoders
 
 __all__ = ["Prepared", "compute_rows", "encoder_rows", "prepare", "prepare_with_logit_rows"]
-
-
-@dataclass
-class Prepared:
-    """One prompt's active features, error and token vectors (see the module docstring)."""
-
-    n_layers: int
-    n_pos: int
-    feat_layer: torch.Tensor  # [F] long
-    feat_pos: torch.Tensor  # [F] long
-    feat_idx: torch.Tensor  # [F] long (transcoder feature id)
-    values: torch.Tensor  # [F]
-    w_dec: list[torch.Tensor]  # per layer: the transcoder's W_dec (not a copy)
-    offsets: list[int]  # [L + 1]: features of layer l are offsets[l]:offsets[l + 1]
-    pos_starts: torch.Tensor  # [L, P + 1]: within-layer start of each position's features
-    errors: torch.Tensor  # [L, P, d]
-    token_vectors: torch.Tensor  # [P, d]
-    scale_ln1: torch.Tensor  # [L, P, d]: w_ln1 · s_ln1 (the frozen norm as a linear map)
-    scale_ln2: torch.Tensor  # [L, P, d]
-    scale_final: torch.Tensor  # [P, d]
-    _decoders: list[torch.Tensor | None] | None = None
-
-    def decoders(self, layer: int, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Layer ``layer``'s active decoder rows scaled by their activations ``[F_l, d]`` (or
-        those of the within-layer indices ``rows``), as circuit-tracer's ``decode_sparse``
-        computes them; gathered on demand unless :meth:`keep_decoders` kept them."""
-        kept = self._decoders[layer] if self._decoders is not None else None
-        if kept is not None:
-            return kept if rows is None else kept[rows]
-        s, e = self.offsets[layer], self.offsets[layer + 1]
-        sel = torch.arange(s, e) if rows is None else rows.cpu() + s
-        idx = self.feat_idx[sel].to(self.w_dec[layer].device)
-        return torch.index_select(self.w_dec[layer], 0, idx).mul_(
-            self.values[sel.to(idx.device), None]
-        )
-
-    def keep_decoders(self) -> None:
-        """Gather every layer's scaled decoder rows once (for rows read in full repeatedly)."""
-        if self._decoders is None:
-            self._decoders = [None] * self.n_layers
-            for lay in range(self.n_layers):
-                self._decoders[lay] = self.decoders(lay)
-
-    @property
-    def n_features(self) -> int:
-        return int(self.offsets[-1])
-
-    @property
-    def row_size(self) -> int:
-        """Columns of the error + token part of a row."""
-        return (self.n_layers + 1) * self.n_pos
 
 
 @torch.no_grad()
@@ -196,8 +153,8 @@ def _prepare(cache, weights, transcoders, tokens, zero_positions, logit_vectors=
         if et is not None:
             g = grads.pop(layer)
             feats_l.append(torch.zeros(g.shape[1], len(pos), dtype=dec.dtype, device=dec.device))
-            _read_layer(g, dec, prep.pos_starts[layer].tolist(), feats_l[-1], 0)
-            _read_errors_into(g, err, layer, n_pos, et)
+            read_layer(g, dec, prep.pos_starts[layer].tolist(), feats_l[-1], 0)
+            read_errors_into(g, err, layer, n_pos, et)
         del dec
         layer_l.append(torch.full_like(pos, layer))
         pos_l.append(pos)
@@ -212,7 +169,7 @@ def _prepare(cache, weights, transcoders, tokens, zero_positions, logit_vectors=
     prep.errors = torch.stack(err_l)
     if et is None or final is None:
         return prep, None, None
-    _read_tokens(prep, final, et)
+    read_tokens(prep, final, et)
     return prep, torch.cat(feats_l, 1), et
 
 
@@ -272,17 +229,17 @@ def compute_rows(
         feats = torch.zeros(n_rows, prep.offsets[min(top, n_layers)], dtype=dt, device=dev)
 
         def reader(lay: int, g: torch.Tensor, k: int) -> None:
-            _read(prep, g, lay, feats[:k], et[:k])
+            read_rows(prep, g, lay, feats[:k], et[:k])
     else:
         feats = torch.zeros(n_rows, len(columns), dtype=dt, device=dev)
-        picks = _column_picks(prep, torch.as_tensor(columns, dtype=torch.long).cpu())
+        picks = column_picks(prep, torch.as_tensor(columns, dtype=torch.long).cpu())
 
         def reader(lay: int, g: torch.Tensor, k: int) -> None:
-            _read_columns(prep, g, lay, picks[lay], feats[:k], et[:k])
+            read_columns(prep, g, lay, picks[lay], feats[:k], et[:k])
 
     et = torch.zeros(n_rows, prep.row_size, dtype=dt, device=dev)
     grad = _sweep(prep, cache, weights, transcoders, layers, positions, vectors, reader)
-    _read_tokens(prep, grad, et)
+    read_tokens(prep, grad, et)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(n_rows)
     inverse = inverse.to(dev)
@@ -347,70 +304,3 @@ def _sweep(
             grad[inj_pos, inj_rows] += inj
         grad.addcmul_(_attn_back(grad, lay, cache, weights), prep.scale_ln1[lay, :pp, None])
     return grad
-
-
-def _read(
-    prep: Prepared, g: torch.Tensor, layer: int, feats: torch.Tensor, et: torch.Tensor
-) -> None:
-    """Contract ``g [pp, k, d]`` (the gradient at layer ``layer``'s MLP output) with that
-    layer's decoder rows (per position) and error vectors, writing into ``feats`` / ``et``."""
-    _read_layer(
-        g, prep.decoders(layer), prep.pos_starts[layer].tolist(), feats, prep.offsets[layer]
-    )
-    _read_errors_into(g, prep.errors[layer], layer, prep.n_pos, et)
-
-
-def _read_layer(g: torch.Tensor, dec: torch.Tensor, starts: list[int], feats, off: int) -> None:
-    """``feats[:, off + j] = g[pos_j] · dec_j``, one matrix product per position."""
-    for q in range(g.shape[0]):
-        s, e = starts[q], starts[q + 1]
-        if e > s:
-            torch.mm(g[q], dec[s:e].T, out=feats[:, off + s : off + e])
-
-
-def _read_errors_into(g: torch.Tensor, err: torch.Tensor, layer: int, n_pos: int, et) -> None:
-    pp = g.shape[0]
-    et[:, layer * n_pos : layer * n_pos + pp] = torch.einsum("qrd,qd->rq", g, err[:pp])
-
-
-def _read_tokens(prep: Prepared, g: torch.Tensor, et: torch.Tensor) -> None:
-    base, pp = prep.n_layers * prep.n_pos, g.shape[0]
-    et[:, base : base + pp] = torch.einsum("qrd,qd->rq", g, prep.token_vectors[:pp])
-
-
-def _column_picks(
-    prep: Prepared, columns: torch.Tensor
-) -> list[tuple[slice, torch.Tensor, torch.Tensor]]:
-    """Per layer: ``(slice of columns, their positions, their scaled decoder rows)``."""
-    bounds = torch.searchsorted(columns, torch.tensor(prep.offsets)).tolist()
-    out = []
-    for lay in range(prep.n_layers):
-        s, e = bounds[lay], bounds[lay + 1]
-        within = (columns[s:e] - prep.offsets[lay]).to(prep.errors.device)
-        out.append(
-            (
-                slice(s, e),
-                prep.feat_pos[columns[s:e]].to(prep.errors.device),
-                prep.decoders(lay, within),
-            )
-        )
-    return out
-
-
-def _read_columns(
-    prep: Prepared,
-    g: torch.Tensor,
-    layer: int,
-    pick: tuple[slice, torch.Tensor, torch.Tensor],
-    feats: torch.Tensor,
-    et: torch.Tensor,
-) -> None:
-    """:func:`_read` for the chosen columns only (see :func:`compute_rows`)."""
-    cols, pos, dec = pick
-    live = pos < g.shape[0]  # columns at positions no row reaches stay zero
-    if live.all() and len(pos):
-        feats[:, cols] = torch.einsum("jrd,jd->rj", g[pos], dec)
-    elif live.any():
-        idx = torch.arange(cols.start, cols.stop, device=pos.device)[live]
-        feats[:, idx] = torch.einsum("jrd,jd->rj", g[pos[live]], dec[live])
-    _read_errors_into(g, prep.errors[layer], layer, prep.n_pos, et)
