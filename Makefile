@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.hallugraph-installed
 ATTR_STAMP := $(VENV)/.hallugraph-attribution
 ARGS    ?=
 
-.PHONY: setup setup-attribution run test test-fast lint format bench bench-codec bench-score bench-attribution benchmark-table transcoders clean
+.PHONY: setup setup-attribution run test test-fast lint format bench bench-codec bench-score bench-attribution benchmark-table groundedness-eval transcoders clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,12 @@ benchmark-table: setup  ## docs/benchmark/: extract, label, then 5x3 cross-valid
 	mkdir -p $(TABLE)
 	rm -f $(TABLE)/roc_*.png $(TABLE)/length_*.png $(TABLE)/fusion_weights_*.png $(TABLE)/scores_*.json
 	cp $(BENCH)/eval/results.md $(BENCH)/eval/results.csv $(BENCH)/eval/transfer.csv $(BENCH)/eval/lodo.csv $(BENCH)/eval/*.png $(BENCH)/eval/scores_*.json $(BENCH)/eval/results.json $(TABLE)/
+
+GROUNDEDNESS_OUT ?= runs/groundedness
+
+groundedness-eval: setup-attribution  ## issue 13: Groundedness on HaluEval-QA (extract, label, sweep, score, report into docs/benchmark; hours of CPU; resumable)
+	$(BIN)/hallugraph groundedness-eval $(GROUNDEDNESS_OUT) --report-dir docs/benchmark --processes 2 --threads 1 \
+	  --sweep-all-nodes 32,64,128 --sweep-max-answer-tokens 4 $(ARGS)
 
 transcoders: setup  ## the documented transcoder set for SmolLM2-135M (~2 h on 2 cores; resumable; installs python3.11-doc, dict-gcide)
 	@test -d /usr/share/doc/python3.11/html/_sources -a -f /usr/share/dictd/gcide.dict.dz \

@@ -32,7 +32,11 @@ built with. The file is replaced atomically after every ``save_every`` traces (d
 when the command stops for any reason, so an interruption loses at most the trace in progress;
 running again skips the traces already scored. Settings that change the scores (transcoders,
 node budget, targets, dtype) must match the stored ones (``overwrite=True`` discards them). One
-process per run: two processes scoring the same run would overwrite each other's file.
+process per file: two processes scoring the same run would overwrite each other's file, except
+with ``shard=(k, n)`` (``--shard K/N``): process ``k`` of ``n`` takes every ``n``-th trace from
+the ``k``-th (after ``limit``), skips those already in the main file, and writes
+``groundedness.shard-K-of-N.json``; :func:`merge_shards` then folds the shards into the main
+file (settings checked).
 """
 
 import logging
@@ -58,7 +62,7 @@ from hallugraph.attribution.settings import (
     transcoders_digest,
 )
 from hallugraph.attribution.tracer import attribute_tokens, attribution_tokens
-from hallugraph.features.groundedness import read_scores, scores_path, write_scores
+from hallugraph.features.groundedness import SCORES_FILE, read_scores, scores_path, write_scores
 from hallugraph.features.logits import answer_content
 from hallugraph.store import TraceStore
 
@@ -213,6 +217,7 @@ def score_run(
     model: str | os.PathLike[str] | None = None,
     device: str | None = None,
     limit: int | None = None,
+    shard: tuple[int, int] | None = None,
     overwrite: bool = False,
     save_every: int = 1,
     progress: bool = True,
@@ -239,9 +244,16 @@ def score_run(
         )
     if limit is not None:
         rows = rows[: max(int(limit), 0)]
+    fname, in_main = SCORES_FILE, set()
+    if shard is not None:
+        k, n = shard
+        if not 0 <= k < n:
+            raise ValueError(f"shard {k}/{n}: K must lie in 0..N-1")
+        rows, fname = rows[k::n], shard_file(k, n)
+        in_main = set(read_scores(store.dir)["scores"])
     tdir = resolve_transcoders(transcoders, str(store.info.get("model", "")))
-    path = scores_path(store.dir)
-    payload = read_scores(store.dir)
+    path = scores_path(store.dir, fname)
+    payload = read_scores(store.dir, fname)
     new_settings = {
         **settings.to_dict(),
         "transcoders": str(tdir),
@@ -253,11 +265,11 @@ def score_run(
     _check_settings(payload.get("settings"), new_settings, len(payload["scores"]), path)
     payload["settings"] = new_settings
     done = payload["scores"]
-    todo = [r for r in rows if r["question_id"] not in done]
+    todo = [r for r in rows if r["question_id"] not in done and r["question_id"] not in in_main]
     summary = GroundednessSummary(path, len(rows), len(rows) - len(todo), 0)
     if not todo:
         if overwrite:
-            write_scores(store.dir, payload)
+            write_scores(store.dir, payload, fname)
         summary.seconds = time.perf_counter() - t_start
         return summary
 
@@ -287,13 +299,40 @@ def score_run(
             summary.scored += 1
             dirty += 1
             if dirty >= save_every:
-                write_scores(store.dir, payload)
+                write_scores(store.dir, payload, fname)
                 dirty = 0
             bar.update(1)
             bar.set_postfix(gctx=f"{rec['gctx']:.3f}", s=f"{rec['seconds']:.1f}")
     finally:
         bar.close()
         if dirty or overwrite:
-            write_scores(store.dir, payload)
+            write_scores(store.dir, payload, fname)
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def shard_file(k: int, n: int) -> str:
+    """File name of shard ``k`` of ``n`` beside ``groundedness.json``."""
+    return f"groundedness.shard-{k}-of-{n}.json"
+
+
+def merge_shards(run: str | os.PathLike[str], n: int) -> int:
+    """Fold the ``n`` shard files of ``run`` into ``groundedness.json`` (settings must agree
+    with each other and with the main file's); returns the number of records added. The shard
+    files are kept (re-merging is a no-op)."""
+    store_dir = Path(run)
+    main = read_scores(store_dir)
+    added = 0
+    for k in range(n):
+        part = read_scores(store_dir, shard_file(k, n))
+        if not part["scores"]:
+            continue
+        base = main.get("settings") if main["scores"] else None
+        _check_settings(base, part["settings"], len(main["scores"]), scores_path(store_dir))
+        main["settings"] = part["settings"]
+        for qid, rec in part["scores"].items():
+            added += qid not in main["scores"]
+            main["scores"][qid] = rec
+    if added:
+        write_scores(store_dir, main)
+    return added

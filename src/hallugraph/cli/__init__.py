@@ -71,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hallugraph.attribution.cli import run_groundedness
 
             return run_groundedness(args)
+        if args.command == "groundedness-eval":
+            from hallugraph.attribution.cli import run_groundedness_eval
+
+            return run_groundedness_eval(args)
         if args.command == "attribution":
             from hallugraph.attribution.cli import run_attribution
 
@@ -86,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "the same command to resume",
             file=sys.stderr,
         )
-        if args.command in ("groundedness", "attribution"):
+        if args.command in ("groundedness", "attribution", "groundedness-eval"):
             # circuit-tracer / nnsight leave native threads behind that abort the interpreter's
             # shutdown ("terminate called without an active exception"); everything is on disk
             sys.stdout.flush()

@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from hallugraph.attribution.cli import (
         add_attribution_parser,
+        add_groundedness_eval_parser,
         add_groundedness_parser,
         add_transcoders_parser,
     )
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_transcoders_parser(sub)  # hallugraph transcoders train ...
     add_groundedness_parser(sub)  # hallugraph groundedness RUN
     add_attribution_parser(sub)  # hallugraph attribution RUN --index I
+    add_groundedness_eval_parser(sub)  # hallugraph groundedness-eval OUT
     from hallugraph.scoring.cli import add_scoring_parsers
 
     add_scoring_parsers(sub)  # hallugraph train / score / serve

@@ -40,9 +40,9 @@ FORMAT_VERSION = 1
 COLUMNS = ("gctx", "rs", "cs", "scored")
 
 
-def scores_path(run_dir: str | os.PathLike[str]) -> Path:
-    """``RUN/attribution/groundedness.json``."""
-    return Path(run_dir) / SCORES_DIR / SCORES_FILE
+def scores_path(run_dir: str | os.PathLike[str], name: str = SCORES_FILE) -> Path:
+    """``RUN/attribution/groundedness.json`` (``name``: a shard's file, see ``score_run``)."""
+    return Path(run_dir) / SCORES_DIR / name
 
 
 def empty_scores() -> dict[str, Any]:
@@ -50,10 +50,10 @@ def empty_scores() -> dict[str, Any]:
     return {"format_version": FORMAT_VERSION, "settings": None, "scores": {}}
 
 
-def read_scores(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def read_scores(run_dir: str | os.PathLike[str], name: str = SCORES_FILE) -> dict[str, Any]:
     """The stored payload of a run (:func:`empty_scores` when there is none); ``null`` values
     come back as NaN."""
-    path = scores_path(run_dir)
+    path = scores_path(run_dir, name)
     if not path.is_file():
         return empty_scores()
     return _parse(path.read_bytes(), path)
@@ -82,10 +82,12 @@ def _null_nan(v: Any) -> Any:
     return v
 
 
-def write_scores(run_dir: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
+def write_scores(
+    run_dir: str | os.PathLike[str], payload: Mapping[str, Any], name: str = SCORES_FILE
+) -> Path:
     """Replace the run's scores file with ``payload`` atomically (temporary file, fsync,
     rename); NaN is written as ``null``."""
-    path = scores_path(run_dir)
+    path = scores_path(run_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_null_nan(dict(payload)), indent=1, sort_keys=True, allow_nan=False)
     atomic_write_text(path, text + "\n")
