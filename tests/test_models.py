@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import assert_trace_matches_forward
 
 from hallugraph.models import (
     DEFAULT_MODEL,
@@ -75,8 +76,6 @@ def test_default_model_loads_offline_with_chat_template(smollm):
     "dataset,capture", [("triviaqa", "incremental"), ("halueval_qa", "forward")]
 )
 def test_real_model_traces_equal_independent_forward(smollm, tmp_path, dataset, capture):
-    from test_extract import assert_trace_matches_forward
-
     from hallugraph.extract import GenerationSettings
     from hallugraph.pipeline import run_extract
     from hallugraph.store import TraceStore

@@ -1,9 +1,10 @@
 """Tiny models shared by the tests: a random Llama with a real (in-test trained) byte-level BPE
-tokenizer, and toy questions. Imported by name (`from tiny_models import ...`); the fixtures are in
-conftest.py."""
+tokenizer, toy questions, a tiny extraction and the check of a stored trace against an independent
+forward pass. Imported by name (`from tiny_models import ...`); the fixtures are in conftest.py."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 CHATML = (
@@ -93,8 +94,6 @@ class FakeTable:
     table does."""
 
     def __init__(self, arrays, labels=None, groups=None) -> None:
-        import numpy as np
-
         self.arrays = arrays
         self.labels = None if labels is None else np.asarray(labels)
         self.groups = None if groups is None else np.asarray(groups)
@@ -120,3 +119,54 @@ def toy_examples(questions, prefix: str = "t"):
     from hallugraph.data import Example
 
     return [Example(id=f"{prefix}{i}", question=q, references=()) for i, q in enumerate(questions)]
+
+
+def extract_toy(lm, out, examples, settings=None, *, model="tiny", dataset="toy", **kw):
+    """``run_extract`` of ``examples`` with the in-test model ``lm`` into ``out``, without a
+    progress bar; ``settings`` is a :class:`hallugraph.extract.GenerationSettings` (``None``: its
+    defaults) and ``kw`` go to ``run_extract`` as they are. Returns its summary."""
+    from hallugraph.pipeline import run_extract
+
+    return run_extract(
+        model=model,
+        dataset=dataset,
+        out=out,
+        lm=lm,
+        progress=False,
+        examples=examples,
+        settings=settings,
+        **kw,
+    )
+
+
+def reference_forward(lm, tokens):
+    """An independent, unbatched, uncached fp32 forward pass over the stored tokens."""
+    with torch.no_grad():
+        out = lm.model(
+            input_ids=torch.tensor([tokens]), output_hidden_states=True, output_attentions=True
+        )
+    hs = torch.stack(out.hidden_states)[:, 0].numpy()
+    at = torch.stack(out.attentions)[:, 0].numpy()
+    logp = torch.log_softmax(out.logits[0].float(), -1)
+    return hs, at, logp
+
+
+def assert_trace_matches_forward(lm, trace, rtol=2e-3, atol=2e-3):
+    """A stored trace (tensors, log-probabilities, entropies, decoded tokens and answer) equals
+    what :func:`reference_forward` gives over its tokens."""
+    tokens = list(trace["tokens"])
+    hs, at, logp = reference_forward(lm, tokens)
+    assert trace["hidden_states"].shape == hs.shape
+    assert trace["attentions"].shape == at.shape
+    np.testing.assert_allclose(trace["hidden_states"].astype(np.float32), hs, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(trace["attentions"].astype(np.float32), at, rtol=rtol, atol=atol)
+    plen, n = trace["prompt_len"], trace["answer_len"]
+    assert plen + n == len(tokens)
+    answer = tokens[plen:]
+    ref_lp = logp[plen - 1 : plen - 1 + n].gather(-1, torch.tensor(answer)[:, None])[:, 0]
+    np.testing.assert_allclose(trace["token_logprobs"], ref_lp.numpy(), rtol=1e-3, atol=1e-4)
+    ref_ent = -(logp.exp() * logp).sum(-1)[plen - 1 : plen - 1 + n]
+    np.testing.assert_allclose(trace["token_entropy"], ref_ent.numpy(), rtol=1e-3, atol=1e-4)
+    tok = lm.tokenizer
+    assert trace["tokens_decoded"] == [tok.decode([t]) for t in tokens]
+    assert trace["generated_answer_clean"] == tok.decode(answer, skip_special_tokens=True).strip()

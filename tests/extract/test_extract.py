@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import assert_trace_matches_forward, extract_toy
 
 from hallugraph.data import Example
 from hallugraph.extract import GenerationSettings, capture_batch, prepare, shared_prefix_len
-from hallugraph.pipeline import run_extract
 from hallugraph.store import TraceStore
 
 QUESTIONS = [
@@ -28,37 +28,6 @@ def examples(n: int = len(QUESTIONS), context: bool = False) -> list[Example]:
         Example(id=f"q{i}", question=q, references=("x",), context=ctx if context else None)
         for i, q in enumerate(QUESTIONS[:n])
     ]
-
-
-def reference_forward(lm, tokens):
-    """An independent, unbatched, uncached fp32 forward pass over the stored tokens."""
-    with torch.no_grad():
-        out = lm.model(
-            input_ids=torch.tensor([tokens]), output_hidden_states=True, output_attentions=True
-        )
-    hs = torch.stack(out.hidden_states)[:, 0].numpy()
-    at = torch.stack(out.attentions)[:, 0].numpy()
-    logp = torch.log_softmax(out.logits[0].float(), -1)
-    return hs, at, logp
-
-
-def assert_trace_matches_forward(lm, trace, rtol=2e-3, atol=2e-3):
-    tokens = list(trace["tokens"])
-    hs, at, logp = reference_forward(lm, tokens)
-    assert trace["hidden_states"].shape == hs.shape
-    assert trace["attentions"].shape == at.shape
-    np.testing.assert_allclose(trace["hidden_states"].astype(np.float32), hs, rtol=rtol, atol=atol)
-    np.testing.assert_allclose(trace["attentions"].astype(np.float32), at, rtol=rtol, atol=atol)
-    plen, n = trace["prompt_len"], trace["answer_len"]
-    assert plen + n == len(tokens)
-    answer = tokens[plen:]
-    ref_lp = logp[plen - 1 : plen - 1 + n].gather(-1, torch.tensor(answer)[:, None])[:, 0]
-    np.testing.assert_allclose(trace["token_logprobs"], ref_lp.numpy(), rtol=1e-3, atol=1e-4)
-    ref_ent = -(logp.exp() * logp).sum(-1)[plen - 1 : plen - 1 + n]
-    np.testing.assert_allclose(trace["token_entropy"], ref_ent.numpy(), rtol=1e-3, atol=1e-4)
-    tok = lm.tokenizer
-    assert trace["tokens_decoded"] == [tok.decode([t]) for t in tokens]
-    assert trace["generated_answer_clean"] == tok.decode(answer, skip_special_tokens=True).strip()
 
 
 def _eos_mid_sequence(lm, exs):
@@ -92,16 +61,7 @@ def test_stored_traces_equal_independent_forward(
         tiny_lm.model.generation_config, "eos_token_id", [tiny_lm.tokenizer.eos_token_id, eos]
     )
     gs = GenerationSettings(max_new_tokens=10, batch_size=4, capture=capture, decoder=decoder)
-    summary = run_extract(
-        model="tiny",
-        dataset="toy",
-        out=tmp_path / "run",
-        settings=gs,
-        shard_size=3,
-        lm=tiny_lm,
-        progress=False,
-        examples=exs,
-    )
+    summary = extract_toy(tiny_lm, tmp_path / "run", exs, gs, shard_size=3)
     assert summary.total == len(exs) and summary.errors == 0
     store = TraceStore(tmp_path / "run")
     lens = set()
@@ -142,15 +102,7 @@ def test_beam_search_path(tiny_lm, tmp_path):
     exs = examples(4)
     gs = GenerationSettings(max_new_tokens=6, num_beams=5, batch_size=4)
     assert gs.capture_mode() == "forward"
-    run_extract(
-        model="tiny",
-        dataset="toy",
-        out=tmp_path / "r",
-        settings=gs,
-        lm=tiny_lm,
-        progress=False,
-        examples=exs,
-    )
+    extract_toy(tiny_lm, tmp_path / "r", exs, gs)
     store = TraceStore(tmp_path / "r")
     for ex, trace in zip(exs, store, strict=True):
         assert_trace_matches_forward(tiny_lm, trace)
@@ -184,15 +136,7 @@ def test_given_answers_are_teacher_forced(tiny_lm, tmp_path, decoder, context):
         )
     ]
     gs = GenerationSettings(decoder=decoder)
-    run_extract(
-        model="tiny",
-        dataset="toy",
-        out=tmp_path / "r",
-        settings=gs,
-        lm=tiny_lm,
-        progress=False,
-        examples=exs,
-    )
+    extract_toy(tiny_lm, tmp_path / "r", exs, gs)
     store = TraceStore(tmp_path / "r")
     for ex, trace in zip(exs, store, strict=True):
         assert trace["answer_source"] == "given"
@@ -229,15 +173,7 @@ def test_decoder_skips_padding_and_finished_rows(tiny_lm, tmp_path, monkeypatch)
 
     monkeypatch.setattr(decoding.PrefixDecoder, "_forward", counting)
     gs = GenerationSettings(max_new_tokens=10, batch_size=len(exs), decoder="hallugraph")
-    run_extract(
-        model="tiny",
-        dataset="toy",
-        out=tmp_path / "run",
-        settings=gs,
-        lm=tiny_lm,
-        progress=False,
-        examples=exs,
-    )
+    extract_toy(tiny_lm, tmp_path / "run", exs, gs)
     store = TraceStore(tmp_path / "run")
     for trace in store:
         assert_trace_matches_forward(tiny_lm, trace)
