@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from tiny_models import TOY_QUESTIONS, make_tiny_lm
+from tiny_models import TOY_QUESTIONS, extract_toy, make_tiny_lm
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +23,6 @@ def tiny_run(tmp_path_factory, tiny_lm):
     from hallugraph.data import Example
     from hallugraph.extract import GenerationSettings
     from hallugraph.io import atomic_write_text
-    from hallugraph.pipeline import run_extract
     from hallugraph.store.layout import MANIFEST, read_manifest
 
     out = tmp_path_factory.mktemp("tiny_run")
@@ -32,16 +31,8 @@ def tiny_run(tmp_path_factory, tiny_lm):
         Example(id=f"toy{i:02d}", question=q, references=("Paris",), context=ctx)
         for i, q in enumerate(TOY_QUESTIONS)
     ]
-    run_extract(
-        model="tiny",
-        dataset="toy",
-        out=out,
-        lm=tiny_lm,
-        progress=False,
-        examples=exs,
-        shard_size=10,
-        settings=GenerationSettings(max_new_tokens=6, batch_size=8),
-    )
+    gs = GenerationSettings(max_new_tokens=6, batch_size=8)
+    extract_toy(tiny_lm, out, exs, gs, shard_size=10)
     rows = read_manifest(out)
     for i, r in enumerate(rows):
         r["label"] = i % 2

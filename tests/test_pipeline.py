@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from safetensors import safe_open
+from tiny_models import extract_toy
 
 from hallugraph.data import Example
 from hallugraph.extract import GenerationSettings
@@ -25,17 +26,9 @@ def _examples():
 
 
 def _extract(tiny_lm, out, **kw):
-    return run_extract(
-        model="tiny",
-        dataset="toy",
-        out=out,
-        lm=tiny_lm,
-        progress=False,
-        examples=_examples(),
-        answers_from={f"q{i}": a for i, a in enumerate(ANSWERS)},
-        settings=GenerationSettings(max_new_tokens=8, batch_size=2),
-        **kw,
-    )
+    answers = {f"q{i}": a for i, a in enumerate(ANSWERS)}
+    gs = GenerationSettings(max_new_tokens=8, batch_size=2)
+    return extract_toy(tiny_lm, out, _examples(), gs, answers_from=answers, **kw)
 
 
 def test_shard_chunks_bounds_count_and_bytes():
@@ -127,15 +120,8 @@ def test_prompt_over_the_context_window_is_skipped_before_any_compute(
     tiny_lm, tmp_path, monkeypatch
 ):
     seen = _spy_capture(monkeypatch)
-    summary = run_extract(
-        model="tiny",
-        dataset="toy",
-        out=tmp_path,
-        lm=tiny_lm,
-        progress=False,
-        examples=_long_examples(),
-        settings=GenerationSettings(max_new_tokens=4, batch_size=2),
-    )
+    gs = GenerationSettings(max_new_tokens=4, batch_size=2)
+    summary = extract_toy(tiny_lm, tmp_path, _long_examples(), gs)
     assert seen == ["short"]  # the long prompt never reached the model
     assert summary.total == 1 and summary.errors == 1
     (msg,) = summary.error_messages
@@ -147,32 +133,16 @@ def test_long_prompt_refused_on_request_before_anything_is_written(tiny_lm, tmp_
     from hallugraph.store import StoreError
 
     seen = _spy_capture(monkeypatch)
+    gs = GenerationSettings(max_new_tokens=4)
     with pytest.raises(StoreError, match=r"long: prompt of \d+ tokens .* by \d+"):
-        run_extract(
-            model="tiny",
-            dataset="toy",
-            out=tmp_path / "r",
-            lm=tiny_lm,
-            progress=False,
-            examples=_long_examples(),
-            settings=GenerationSettings(max_new_tokens=4),
-            on_long_prompt="refuse",
-        )
+        extract_toy(tiny_lm, tmp_path / "r", _long_examples(), gs, on_long_prompt="refuse")
     assert seen == [] and not (tmp_path / "r").exists()
 
 
 def test_max_prompt_tokens_budget(tiny_lm, tmp_path, monkeypatch):
     seen = _spy_capture(monkeypatch)
-    summary = run_extract(
-        model="tiny",
-        dataset="toy",
-        out=tmp_path,
-        lm=tiny_lm,
-        progress=False,
-        examples=_examples()[:2],
-        settings=GenerationSettings(max_new_tokens=4),
-        max_prompt_tokens=5,
-    )
+    gs = GenerationSettings(max_new_tokens=4)
+    summary = extract_toy(tiny_lm, tmp_path, _examples()[:2], gs, max_prompt_tokens=5)
     assert seen == [] and summary.errors == 2 and summary.total == 0
     assert "over --max-prompt-tokens 5 by" in summary.error_messages[0]
     assert json.loads((tmp_path / "run.json").read_text())["max_prompt_tokens"] == 5
@@ -224,9 +194,8 @@ def test_two_parts_in_two_processes_then_merge_make_the_single_process_run(tiny_
         Example(id=f"q{i}", question=f"Which city is number {i}?", references=("Paris",))
         for i in range(7)
     ]
-    settings = GenerationSettings(max_new_tokens=4, batch_size=2)
-    kw = dict(model="tiny", dataset="toy", progress=False, examples=exs, shard_size=2)
-    run_extract(out=tmp_path / "single", lm=tiny_lm, settings=settings, **kw)
+    gs = GenerationSettings(max_new_tokens=4, batch_size=2)
+    extract_toy(tiny_lm, tmp_path / "single", exs, gs, shard_size=2)
     out = tmp_path / "parts"
     tests = Path(__file__).resolve().parent
     procs = [

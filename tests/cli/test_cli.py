@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from tiny_models import extract_toy
 
 from hallugraph.cli import build_parser, main
 
@@ -68,29 +69,12 @@ def test_incremental_with_beams_is_refused(tmp_path, capsys):
 def test_resume_with_changed_arguments_keeps_the_run(tmp_path, capsys, tiny_lm):
     from hallugraph.data import Example
     from hallugraph.extract import GenerationSettings
-    from hallugraph.pipeline import run_extract
 
     exs = [Example(id="a", question="Who?", references=())]
-    run_extract(
-        model="tiny",
-        dataset="toy",
-        out=tmp_path,
-        lm=tiny_lm,
-        progress=False,
-        examples=exs,
-        settings=GenerationSettings(max_new_tokens=3),
-    )
+    extract_toy(tiny_lm, tmp_path, exs, GenerationSettings(max_new_tokens=3))
     before = (tmp_path / "manifest.jsonl").read_text()
     with pytest.raises(Exception, match="other arguments"):
-        run_extract(
-            model="tiny",
-            dataset="toy",
-            out=tmp_path,
-            lm=tiny_lm,
-            progress=False,
-            examples=exs,
-            settings=GenerationSettings(max_new_tokens=4),
-        )
+        extract_toy(tiny_lm, tmp_path, exs, GenerationSettings(max_new_tokens=4))
     assert (tmp_path / "manifest.jsonl").read_text() == before
 
 

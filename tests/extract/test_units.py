@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_models import extract_toy
 
 from hallugraph.data import Example
 from hallugraph.extract import GenerationSettings
@@ -21,7 +22,6 @@ from hallugraph.extract.units import (
     write_part,
     write_plan,
 )
-from hallugraph.pipeline import run_extract
 from hallugraph.store.parts import adopt_rows, merge_parts
 
 
@@ -101,16 +101,8 @@ def test_single_process_run_writes_one_part_per_unit(tiny_lm, tmp_path):
     exs = [
         Example(id=f"q{i}", question=f"Which city is number {i}?", references=()) for i in range(5)
     ]
-    s = run_extract(
-        model="tiny",
-        dataset="toy",
-        out=tmp_path,
-        lm=tiny_lm,
-        progress=False,
-        examples=exs,
-        shard_size=2,
-        settings=GenerationSettings(max_new_tokens=3, batch_size=2),
-    )
+    gs = GenerationSettings(max_new_tokens=3, batch_size=2)
+    s = extract_toy(tiny_lm, tmp_path, exs, gs, shard_size=2)
     assert s.units == (3, 3) and s.shards_written == [
         f"tiny_toy_unit_{u:05d}.safetensors" for u in range(3)
     ]

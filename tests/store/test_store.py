@@ -7,11 +7,10 @@ import shutil
 
 import numpy as np
 import pytest
-from tiny_models import toy_examples
+from tiny_models import extract_toy, toy_examples
 
 import hallugraph.store.writer as store_mod
 from hallugraph.extract import GenerationSettings
-from hallugraph.pipeline import run_extract
 from hallugraph.store import StoreError, TraceStore, TraceWriter, pack_tril, tril_size, unpack_tril
 
 QUESTIONS = [f"Question number {i} about Paris?" for i in range(7)]
@@ -81,31 +80,15 @@ def test_trace_must_start_with_prefix(tmp_path):
 
 
 def test_no_pickle_files(tmp_path, tiny_lm):
-    run_extract(
-        model="tiny",
-        dataset="toy",
-        out=tmp_path,
-        lm=tiny_lm,
-        progress=False,
-        examples=toy(3),
-        settings=GenerationSettings(max_new_tokens=3),
-    )
+    extract_toy(tiny_lm, tmp_path, toy(3), GenerationSettings(max_new_tokens=3))
     suffixes = {p.suffix for p in tmp_path.rglob("*") if p.is_file()}
     assert suffixes <= {".json", ".jsonl", ".safetensors"}
 
 
-def _run(tiny_lm, out, **kw):
-    return run_extract(
-        model="tiny",
-        dataset="toy",
-        out=out,
-        lm=tiny_lm,
-        progress=False,
-        examples=toy(),
-        settings=GenerationSettings(max_new_tokens=5, batch_size=2),
-        shard_size=2,
-        **kw,
-    )
+def _run(tiny_lm, out, n=7, **kw):
+    """The store tests' run: the first ``n`` toy questions, two per unit."""
+    gs = GenerationSettings(max_new_tokens=5, batch_size=2)
+    return extract_toy(tiny_lm, out, toy(n), gs, shard_size=2, **kw)
 
 
 def _manifest(path):
@@ -145,16 +128,7 @@ def test_resume_after_kill_gives_same_manifest(tiny_lm, tmp_path, monkeypatch):
 def test_resume_with_other_arguments_is_refused(tiny_lm, tmp_path):
     _run(tiny_lm, tmp_path)
     with pytest.raises(StoreError, match="other arguments"):
-        run_extract(
-            model="tiny",
-            dataset="toy",
-            out=tmp_path,
-            lm=tiny_lm,
-            progress=False,
-            examples=toy(),
-            settings=GenerationSettings(max_new_tokens=9),
-            shard_size=2,
-        )
+        extract_toy(tiny_lm, tmp_path, toy(), GenerationSettings(max_new_tokens=9), shard_size=2)
 
 
 def test_one_bad_example_is_counted_not_fatal(tiny_lm, tmp_path, monkeypatch):
@@ -348,19 +322,7 @@ def test_errors_file_is_rewritten_whole(tiny_lm, tmp_path, monkeypatch):
 def test_an_older_run_without_checksums_can_be_resumed(tiny_lm, tmp_path):
     from hallugraph.features.verify import verify_run
 
-    def extract(n):
-        return run_extract(
-            model="tiny",
-            dataset="toy",
-            out=tmp_path,
-            lm=tiny_lm,
-            progress=False,
-            examples=toy(n),
-            settings=GenerationSettings(max_new_tokens=5, batch_size=2),
-            shard_size=2,
-        )
-
-    extract(4)
+    _run(tiny_lm, tmp_path, 4)
     info = json.loads((tmp_path / "run.json").read_text())
     for k in ("checksum", "shared_checksums", "max_shard_mb", "device"):  # what old runs lack
         info.pop(k)
@@ -370,7 +332,7 @@ def test_an_older_run_without_checksums_can_be_resumed(tiny_lm, tmp_path):
         del r["checksums"], r["row_checksum"]
     (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     shutil.rmtree(tmp_path / "units")  # nor part files: older versions wrote one shard at a time
-    assert extract(7).processed == 3
+    assert _run(tiny_lm, tmp_path).processed == 3
     rows = _manifest(tmp_path)
     assert ["checksums" in r for r in rows] == [False] * 4 + [True] * 3
     rep = verify_run(tmp_path)

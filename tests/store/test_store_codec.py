@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 from safetensors import safe_open
-from tiny_models import make_tiny_lm, toy_examples
+from tiny_models import extract_toy, make_tiny_lm, toy_examples
 
 import hallugraph.store.writer as store_mod
 from hallugraph.extract import GenerationSettings
-from hallugraph.pipeline import run_extract
 from hallugraph.store import StoreError, TraceStore, TraceWriter, pack_tril
 from hallugraph.store.codec import (
     Predictor,
@@ -32,18 +31,8 @@ def toy():
 
 
 def extract(lm, out, codec="fp16", **kw):
-    return run_extract(
-        model="tiny",
-        dataset="toy",
-        out=out,
-        lm=lm,
-        progress=False,
-        examples=toy(),
-        settings=GenerationSettings(max_new_tokens=5, batch_size=3),
-        shard_size=2,
-        codec=codec,
-        **kw,
-    )
+    gs = GenerationSettings(max_new_tokens=5, batch_size=3)
+    return extract_toy(lm, out, toy(), gs, shard_size=2, codec=codec, **kw)
 
 
 def bits(a):
