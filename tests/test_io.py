@@ -47,3 +47,29 @@ def test_atomic_write_safetensors_round_trip_and_no_tmp(tmp_path):
     back = load_file(str(p))
     assert set(back) == {"x", "y"} and np.array_equal(back["x"], arrays["x"])
     assert list(tmp_path.iterdir()) == [p]
+
+
+def test_save_png_writes_a_png_atomically_in_a_new_folder(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    try:
+        ax.plot([0, 1], [1, 0])
+        p = io.save_png(fig, tmp_path / "new" / "f.png", dpi=50)
+        assert p == tmp_path / "new" / "f.png"
+        old = p.read_bytes()
+        assert old[:8] == b"\x89PNG\r\n\x1a\n"
+        assert list(p.parent.iterdir()) == [p]
+
+        def boom(*a, **k):
+            raise OSError("disk full")
+
+        monkeypatch.setattr(io.os, "replace", boom)  # a failed write keeps the old figure
+        with pytest.raises(OSError):
+            io.save_png(fig, p, dpi=80)
+        assert p.read_bytes() == old and list(p.parent.iterdir()) == [p]
+    finally:
+        plt.close(fig)

@@ -1,4 +1,4 @@
-"""The one place that writes files: atomic writers and JSON helpers.
+"""The one place that writes files: atomic writers (PNG figures included) and JSON helpers.
 
 Every output of hallugraph goes through :func:`atomic_write_bytes` (directly or via the text,
 JSON and safetensors wrappers): the data goes to a temporary file in the target's folder (a
@@ -27,6 +27,7 @@ __all__ = [
     "atomic_write_text",
     "clean_tmp",
     "jsonable",
+    "save_png",
 ]
 
 #: Temporary files written by this module are named ``.<target>.<pid>.<n>.tmp``.
@@ -80,6 +81,20 @@ def atomic_write_safetensors(
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """UTF-8 text through :func:`atomic_write_bytes`."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_png(fig: Any, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
+    """A matplotlib figure, laid out (``tight_layout``), as a PNG at ``path`` through
+    :func:`atomic_write_bytes`; the folder is made. The figure stays open: closing it is the
+    caller's (``plt.close`` in a ``finally``)."""
+    from io import BytesIO
+
+    fig.tight_layout()
+    buf = BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(target, buf.getvalue())
 
 
 def jsonable(v: Any) -> Any:

@@ -31,7 +31,7 @@ import torch
 from hallugraph.attribution.engine.prune import prune_graph
 from hallugraph.attribution.run import AttributionSettings, attribute_answer_token
 from hallugraph.attribution.scores import GraphLayout, scores_from_graph
-from hallugraph.io import atomic_write_json
+from hallugraph.io import atomic_write_json, save_png
 
 __all__ = [
     "attribute_trace",
@@ -171,7 +171,7 @@ def draw_attribution_graph(
     from matplotlib.colors import to_rgba
     from matplotlib.lines import Line2D
 
-    from hallugraph.graphs.draw import ROLE_COLORS, printable
+    from hallugraph.graphs.draw import ROLE_COLORS, label_tokens, printable
 
     lay = GraphLayout.from_graph(graph)
     pruned = prune_graph(graph, node_threshold, edge_threshold)
@@ -243,20 +243,8 @@ def draw_attribution_graph(
             for p in range(n_pos)
         ]
         ax.scatter(np.arange(n_pos), np.zeros(n_pos), marker="s", s=30, c=tok_colors, zorder=3)
-        strings = list(token_strings) if token_strings is not None else [""] * n_pos
-        for p in range(n_pos):
-            label = printable(str(strings[p]) if p < len(strings) else "") or "∅"
-            ax.text(
-                p,
-                -0.4,
-                label,
-                rotation=90,
-                ha="center",
-                va="top",
-                fontsize=7,
-                color=tok_colors[p],
-                family="monospace",
-            )
+        strings = list(token_strings) if token_strings is not None else []
+        label_tokens(ax, strings[:n_pos] + [""] * (n_pos - len(strings)), tok_colors, -0.4)
         for n in logits:
             t = graph.logit_targets[n - lay.logits.start]
             prob = float(graph.logit_probabilities[n - lay.logits.start])
@@ -296,10 +284,6 @@ def draw_attribution_graph(
             fontsize=9,
             loc="left",
         )
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi)
+        return save_png(fig, path, dpi=dpi)
     finally:
         plt.close(fig)
-    return path

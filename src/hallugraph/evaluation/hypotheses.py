@@ -58,6 +58,7 @@ from hallugraph.evaluation.effects import (
     mean_ci,
 )
 from hallugraph.features import FeatureTable
+from hallugraph.io import save_png
 
 __all__ = [
     "HYPOTHESIS",
@@ -282,12 +283,9 @@ class HypothesisReport:
                 ax.legend(fontsize=8)
             v = self.verdicts.get(dataset, {})
             fig.suptitle(f"{dataset}: {v.get('verdict', '')} ({v.get('reason', '')})", fontsize=10)
-            fig.tight_layout()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=120)
+            return save_png(fig, path)
         finally:
             plt.close(fig)
-        return path
 
     def save(self, out_dir: str | os.PathLike[str]) -> list[Path]:
         """Write ``hypothesis.csv``, ``hypothesis.json`` and ``hypothesis_<dataset>.png``."""

@@ -3,7 +3,6 @@ length for the top detectors, and the fused detector's weight per signal family.
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from hallugraph.evaluation.bootstrap import weighted_auroc
-from hallugraph.io import atomic_write_bytes
+from hallugraph.io import save_png
 
 TOP = 4
 """Detectors drawn in the length plot (the run's best by AUROC, plus the fusion)."""
@@ -21,16 +20,10 @@ LENGTH_BINS = 4
 def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120)
+        return save_png(fig, path)
     finally:
         plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 def _plt() -> Any:

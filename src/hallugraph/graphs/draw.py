@@ -3,6 +3,7 @@ coloured by role."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from hallugraph.graphs.graph import AttentionGraph
 from hallugraph.graphs.roles import ROLE_IDS, ROLES
+from hallugraph.io import save_png
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -32,6 +34,23 @@ def _shorten(text: Any, n: int = 110) -> str:
 def printable(text: str) -> str:
     """Control and unprintable characters as escapes (``\\n``, ``\\x18``) for tick labels."""
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def label_tokens(ax: Any, texts: Sequence[Any], colors: Sequence[Any], y: float) -> None:
+    """Token ``i``'s text (:func:`printable`; ``∅`` when empty) written downwards from ``(i, y)``
+    of ``ax``, small, monospace, in ``colors[i]``."""
+    for i, text in enumerate(texts):
+        ax.text(
+            i,
+            y,
+            printable(str(text)) or "∅",
+            rotation=90,
+            ha="center",
+            va="top",
+            fontsize=7,
+            color=colors[i],
+            family="monospace",
+        )
 
 
 def draw_arc_diagram(
@@ -85,19 +104,7 @@ def draw_arc_diagram(
             )
         node_colors = [ROLE_COLORS[ROLES[r]] for r in graph.roles]
         ax.scatter(np.arange(S), np.zeros(S), s=22, c=node_colors, zorder=3, edgecolors="none")
-        for i, text in enumerate(graph.token_strings):
-            label = printable(text) or "∅"
-            ax.text(
-                i,
-                -0.6,
-                label,
-                rotation=90,
-                ha="center",
-                va="top",
-                fontsize=7,
-                color=node_colors[i],
-                family="monospace",
-            )
+        label_tokens(ax, graph.token_strings, node_colors, -0.6)
         height = max(((dst - src).max() / 2) if len(src) else 1.0, 1.0)
         ax.set_xlim(-1, S)
         ax.set_ylim(-0.45 * height - 4, height * 1.05 + 0.5)
@@ -127,10 +134,6 @@ def draw_arc_diagram(
                 f"{graph.num_edges} edges"
             )
         ax.set_title(title, fontsize=10, loc="left")
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi)
+        return save_png(fig, path, dpi=dpi)
     finally:
         plt.close(fig)
-    return path
