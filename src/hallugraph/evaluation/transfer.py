@@ -29,6 +29,15 @@ def _err(e: BaseException) -> str:
     return msg if len(msg) <= 300 else msg[:297] + "..."
 
 
+def _score_cells(row: dict[str, Any], det: Any, table: Any, y: np.ndarray, W: Any) -> None:
+    """The fitted ``det``'s AUROC and AUPR (question-bootstrap CI over ``W``) on ``table``
+    against ``y``, and their notes, into ``row``."""
+    s = scores(det, table)
+    metrics, notes = metrics_with_ci(y, s[None], None, W)
+    row.update(metrics)
+    row["notes"] = "; ".join(notes)
+
+
 class Unseen:
     """``[a][b]``: indices of run ``b``'s traces whose question run ``a`` does not hold."""
 
@@ -81,11 +90,8 @@ def transfer_rows(
                 row["notes"] = f"every question of {b.name} is in {a.name}: nothing to test"
             elif not error:
                 try:
-                    s = scores(det, b.table[idx])
                     W = question_weights(b.groups[idx], n_boot, seed)
-                    metrics, notes = metrics_with_ci(b.y[idx], s[None], None, W)
-                    row.update(metrics)
-                    row["notes"] = "; ".join(notes)
+                    _score_cells(row, det, b.table[idx], b.y[idx], W)
                 except NotApplicable:
                     continue
                 except IntegrityError:
@@ -143,10 +149,7 @@ def lodo_rows(
                 out.append(row)
                 continue
             det = instantiate(spec, seed).fit(union[idx], y)
-            s = scores(det, left.table)
-            metrics, notes = metrics_with_ci(left.y, s[None], None, left.W)
-            row.update(metrics)
-            row["notes"] = "; ".join(notes)
+            _score_cells(row, det, left.table, left.y, left.W)
         except NotApplicable:
             continue
         except IntegrityError:
