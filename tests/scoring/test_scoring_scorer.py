@@ -156,8 +156,7 @@ def test_bad_input_is_refused_with_a_message(env, tiny_lm):
 
 
 def test_per_token_scores(env, tiny_lm):
-    from hallugraph.features.attention import context_columns, lookback_ratio
-    from hallugraph.scoring.trace import lookback_steps
+    from hallugraph.features.attention import context_columns, lookback_ratio, lookback_steps
 
     ex = env.examples[1]
     for name in ("perplexity", "min_logprob", "mean_entropy"):

@@ -150,14 +150,15 @@ def context_columns(trace: Mapping[str, Any], context: str) -> slice:
     return slice(0, int(trace["prompt_len"]))
 
 
-def lookback_ratio(attn: np.ndarray, prompt_len: int, answer_len: int, ctx: slice) -> np.ndarray:
-    """Mean lookback ratio over the answer's generation steps: maps ``[..., S, S]`` -> ``[...]``.
+def lookback_steps(attn: np.ndarray, prompt_len: int, answer_len: int, ctx: slice) -> np.ndarray:
+    """Lookback ratio of each of the answer's generation steps: ``[..., S, S]`` -> ``[..., steps]``.
 
     Steps ``t = 1 .. answer_len - 1`` read the query row ``q = prompt_len - 1 + t``; its ratio
     is ``c / (c + g)`` with ``c`` the mean weight on the ``ctx`` columns and ``g`` the mean
     weight on the answer columns ``prompt_len .. q`` (the query itself included). With a
     one-token answer, step 0 (row ``prompt_len - 1``, no answer token before it: ``g = 0``) is
-    used instead. Assumes zeros above the diagonal.
+    the single step instead. Assumes zeros above the diagonal. (The per-token scores of
+    :mod:`hallugraph.scoring.tokens`.)
     """
     attn = np.asarray(attn)
     p, n = int(prompt_len), int(answer_len)
@@ -170,8 +171,13 @@ def lookback_ratio(attn: np.ndarray, prompt_len: int, answer_len: int, ctx: slic
         gen = np.zeros(rows.shape[:-1])
     c = rows[..., ctx].mean(axis=-1)
     den = c + gen
-    ratio = np.divide(c, den, out=np.full_like(den, 0.5), where=den > 0)
-    return ratio.mean(axis=-1)
+    return np.divide(c, den, out=np.full_like(den, 0.5), where=den > 0)
+
+
+def lookback_ratio(attn: np.ndarray, prompt_len: int, answer_len: int, ctx: slice) -> np.ndarray:
+    """Mean lookback ratio over the answer's generation steps (:func:`lookback_steps`): maps
+    ``[..., S, S]`` -> ``[...]``."""
+    return lookback_steps(attn, prompt_len, answer_len, ctx).mean(axis=-1)
 
 
 @register

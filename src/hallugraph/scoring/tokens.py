@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from hallugraph.features.attention import lookback_steps
 from hallugraph.features.logits import answer_content
-from hallugraph.scoring.trace import lookback_steps
 
 SPAN_TOKENS = 8
 

@@ -1,4 +1,4 @@
-"""One new answer as a trace in memory, its statistics, and per-token scores.
+"""One new answer as a trace in memory and its statistics.
 
 The benchmark path computes a statistic as ``stat.values(trace, run_info)`` (its ``compute``,
 cast to its ``dtype``) over traces read from a run (:func:`hallugraph.features.compute_stats`),
@@ -90,24 +90,3 @@ class StatTable:
         if name not in self._stats:
             raise KeyError(f"statistic {name!r} was not computed for these answers")
         return self._stats[name]
-
-
-# ------------------------------------------------------------------------- per-token scores
-
-
-def lookback_steps(attn: np.ndarray, prompt_len: int, answer_len: int, ctx: slice) -> np.ndarray:
-    """Per-step lookback ratios ``[L, heads, steps]`` whose mean over the steps is
-    :func:`hallugraph.features.attention.lookback_ratio` (same steps, same formula): step
-    ``t = 1 .. answer_len - 1`` reads query row ``prompt_len - 1 + t``; a one-token answer has
-    the single step 0."""
-    attn = np.asarray(attn)
-    p, n = int(prompt_len), int(answer_len)
-    if n >= 2:
-        rows = attn[..., p : p + n - 1, :].astype(np.float64)
-        gen = rows[..., p:].sum(axis=-1) / np.arange(1, n, dtype=np.float64)
-    else:
-        rows = attn[..., p - 1 : p, :].astype(np.float64)
-        gen = np.zeros(rows.shape[:-1])
-    c = rows[..., ctx].mean(axis=-1)
-    den = c + gen
-    return np.divide(c, den, out=np.full_like(den, 0.5), where=den > 0)
