@@ -13,7 +13,7 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +39,30 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{next(_counter)}.tmp")
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename); returns the path."""
+def _atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` fills a temporary file (and fsyncs it), which is then renamed over
+    ``path``; on any error, the temporary file is removed and ``path`` is left as it was."""
     target = Path(path)
     tmp = _tmp_name(target)
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename); returns the path."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    return _atomic(path, write)
 
 
 def atomic_write_safetensors(
@@ -65,17 +75,12 @@ def atomic_write_safetensors(
     shard of several GB would otherwise be held twice)."""
     from safetensors.numpy import save_file
 
-    target = Path(path)
-    tmp = _tmp_name(target)
-    try:
+    def write(tmp: Path) -> None:
         save_file(dict(tensors), str(tmp), metadata=dict(metadata) if metadata else None)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
+
+    return _atomic(path, write)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
