@@ -114,6 +114,19 @@ class FakeTable:
         return named_output(name, self.stat) if "." in name else self.arrays[name]
 
 
+def table_rows(X) -> np.ndarray:
+    """The row of each trace a :class:`hallugraph.features.FeatureTable` selects in its runs
+    concatenated: where a test's planted ``[n, ...]`` arrays are read for that table."""
+    offsets = np.cumsum([0] + [len(s) for s in X.stores])
+    return offsets[X._index[:, 0]] + X._index[:, 1]
+
+
+def split_train_test(n: int, seed: int = 1):
+    """A fixed random split of ``range(n)``: two thirds to train on, one third to test on."""
+    idx = np.random.default_rng(seed).permutation(n)
+    return idx[: 2 * n // 3], idx[2 * n // 3 :]
+
+
 def toy_examples(questions, prefix: str = "t"):
     """Examples with ids ``{prefix}{i}`` and no reference, one per question."""
     from hallugraph.data import Example

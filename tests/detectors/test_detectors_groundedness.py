@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
+from tiny_models import split_train_test, table_rows
 
 from hallugraph.detectors import NotApplicable, all_detectors, get_detector
 from hallugraph.features import FeatureTable
@@ -16,11 +17,6 @@ from hallugraph.features.registry import named_output
 from hallugraph.store import TraceStore
 
 REPEAT = 10  # the tiny run (24 traces) read 10 times: 240 rows
-
-
-def _rows(X: FeatureTable) -> np.ndarray:
-    offsets = np.cumsum([0] + [len(s) for s in X.stores])
-    return offsets[X._index[:, 0]] + X._index[:, 1]
 
 
 def _planted(y: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -40,21 +36,16 @@ def _table(monkeypatch, tiny_run):
     arr = _planted(y)
 
     def stat(self, name):  # the planted array for "groundedness", by output name as the real one
-        return named_output(name, stat.__get__(self)) if "." in name else arr[_rows(self)]
+        return named_output(name, stat.__get__(self)) if "." in name else arr[table_rows(self)]
 
     monkeypatch.setattr(FeatureTable, "stat", stat)
     return X, y
 
 
-def _split(n: int):
-    idx = np.random.default_rng(1).permutation(n)
-    return idx[: 2 * n // 3], idx[2 * n // 3 :]
-
-
 @pytest.mark.parametrize("name", ["groundedness", "groundedness_lr"])
 def test_planted_signal_and_shuffled_labels(monkeypatch, tiny_run, name):
     X, y = _table(monkeypatch, tiny_run)
-    tr, te = _split(len(X))
+    tr, te = split_train_test(len(X))
     det = get_detector(name).fit(X[tr], y[tr])
     p = det.predict_proba(X[te])
     assert p.shape == (len(te),) and ((p >= 0) & (p <= 1)).all()

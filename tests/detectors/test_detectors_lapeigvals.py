@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
+from tiny_models import split_train_test, table_rows
 
 from hallugraph.detectors import get_detector
 from hallugraph.features import FeatureTable
@@ -14,15 +15,9 @@ from hallugraph.features import FeatureTable
 REPEAT = 10  # the tiny run (24 traces) read 10 times: 240 rows for planted-signal tests
 
 
-def _rows(X: FeatureTable) -> np.ndarray:
-    """Global row number of each selected trace (runs concatenated)."""
-    offsets = np.cumsum([0] + [len(s) for s in X.stores])
-    return offsets[X._index[:, 0]] + X._index[:, 1]
-
-
 def _plant(monkeypatch, arrays: dict[str, np.ndarray]) -> None:
     def fake_stat(self, name):
-        return arrays[name][_rows(self)]
+        return arrays[name][table_rows(self)]
 
     monkeypatch.setattr(FeatureTable, "stat", fake_stat)
 
@@ -39,15 +34,10 @@ def _planted_table(monkeypatch, tiny_run, column: int, k: int = 10):
     return X, y
 
 
-def _split(n: int):
-    idx = np.random.default_rng(1).permutation(n)
-    return idx[: 2 * n // 3], idx[2 * n // 3 :]
-
-
 @pytest.mark.parametrize("pca", [512, None])
 def test_lapeigvals_learns_a_planted_signal(monkeypatch, tiny_run, pca):
     X, y = _planted_table(monkeypatch, tiny_run, column=3)
-    tr, te = _split(len(X))
+    tr, te = split_train_test(len(X))
     det = get_detector("lapeigvals", pca=pca).fit(X[tr], y[tr])
     p = det.predict_proba(X[te])
     assert p.shape == (len(te),) and ((p >= 0) & (p <= 1)).all()
@@ -63,7 +53,7 @@ def test_lapeigvals_learns_a_planted_signal(monkeypatch, tiny_run, pca):
 
 def test_lapeigvals_k_keeps_the_top_columns(monkeypatch, tiny_run):
     X, y = _planted_table(monkeypatch, tiny_run, column=7, k=10)  # the 8th largest eigenvalue
-    tr, te = _split(len(X))
+    tr, te = split_train_test(len(X))
     top5 = get_detector("lapeigvals", k=5, pca=None).fit(X[tr], y[tr])
     top8 = get_detector("lapeigvals", k=8, pca=None).fit(X[tr], y[tr])
     assert top5._features(X).shape == (len(X), 2 * 4 * 5)
@@ -97,7 +87,7 @@ def test_lapeigvals_reads_no_length_signal(monkeypatch, tiny_run):
     eig = -np.sort(-rng.normal(size=(len(X), 2, 4, 10)), axis=-1)
     eig[y == 1, ..., 5:] = np.nan  # the statistic's padding of a short sequence
     _plant(monkeypatch, {"lapeig": eig.astype(np.float32)})
-    tr, te = _split(len(X))
+    tr, te = split_train_test(len(X))
     det = get_detector("lapeigvals", pca=None).fit(X[tr], y[tr])
     assert det.k_ == 5 and det._features(X).shape == (len(X), 2 * 4 * 5)
     assert np.isfinite(det._features(X)).all()

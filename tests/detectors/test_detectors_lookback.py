@@ -8,16 +8,12 @@ import shutil
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
+from tiny_models import split_train_test, table_rows
 
 from hallugraph.detectors import get_detector
 from hallugraph.features import FeatureTable
 
 REPEAT = 10  # the tiny run (24 traces) read 10 times: 240 rows for planted-signal tests
-
-
-def _rows(X: FeatureTable) -> np.ndarray:
-    offsets = np.cumsum([0] + [len(s) for s in X.stores])
-    return offsets[X._index[:, 0]] + X._index[:, 1]
 
 
 def _planted_table(monkeypatch, tiny_run, where: str):
@@ -31,20 +27,15 @@ def _planted_table(monkeypatch, tiny_run, where: str):
     }
     arrays[where][:, 1, 2] -= 0.2 * y
     arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
-    monkeypatch.setattr(FeatureTable, "stat", lambda self, name: arrays[name][_rows(self)])
+    monkeypatch.setattr(FeatureTable, "stat", lambda self, name: arrays[name][table_rows(self)])
     return X, y
-
-
-def _split(n: int):
-    idx = np.random.default_rng(1).permutation(n)
-    return idx[: 2 * n // 3], idx[2 * n // 3 :]
 
 
 @pytest.mark.parametrize("context", ["span", "prompt"])
 def test_lookback_lens_learns_a_planted_signal(monkeypatch, tiny_run, context):
     stat = {"span": "lookback", "prompt": "lookback_prompt"}[context]
     X, y = _planted_table(monkeypatch, tiny_run, where=stat)
-    tr, te = _split(len(X))
+    tr, te = split_train_test(len(X))
     det = get_detector("lookback_lens", context=context).fit(X[tr], y[tr])
     p = det.predict_proba(X[te])
     assert p.shape == (len(te),) and ((p >= 0) & (p <= 1)).all()

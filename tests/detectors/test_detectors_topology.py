@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
+from tiny_models import split_train_test, table_rows
 
 from hallugraph.detectors import all_detectors, get_detector
 from hallugraph.detectors.topology import topology_design
@@ -15,11 +16,6 @@ from hallugraph.features import FeatureTable
 
 REPEAT = 10  # the tiny run (24 traces) read 10 times: 240 rows
 FAST = {"logreg": {}, "hgb": {"hgb_max_iter": 40, "hgb_learning_rate": 0.2}}
-
-
-def _rows(X: FeatureTable) -> np.ndarray:
-    offsets = np.cumsum([0] + [len(s) for s in X.stores])
-    return offsets[X._index[:, 0]] + X._index[:, 1]
 
 
 def test_design_is_values_then_layer_differences():
@@ -46,19 +42,14 @@ def _planted(monkeypatch, tiny_run, where: str):
         arr[:, 0, 0] = base
         arr[:, 1, 0] = base + 0.1 * (1 - y) - 0.1 * y
     arr = arr.astype(np.float32)
-    monkeypatch.setattr(FeatureTable, "stat", lambda self, name: arr[_rows(self)])
+    monkeypatch.setattr(FeatureTable, "stat", lambda self, name: arr[table_rows(self)])
     return X, y
-
-
-def _split(n: int):
-    idx = np.random.default_rng(1).permutation(n)
-    return idx[: 2 * n // 3], idx[2 * n // 3 :]
 
 
 @pytest.mark.parametrize("model", ["logreg", "hgb"])
 def test_learns_a_planted_signal_and_not_shuffled_labels(monkeypatch, tiny_run, model):
     X, y = _planted(monkeypatch, tiny_run, "value")
-    tr, te = _split(len(X))
+    tr, te = split_train_test(len(X))
     det = get_detector("graph_topology", model=model, **FAST[model]).fit(X[tr], y[tr])
     p = det.predict_proba(X[te])
     assert p.shape == (len(te),) and ((p >= 0) & (p <= 1)).all()
@@ -75,7 +66,7 @@ def test_learns_a_planted_signal_and_not_shuffled_labels(monkeypatch, tiny_run, 
 
 def test_learns_a_planted_change_across_layers(monkeypatch, tiny_run):
     X, y = _planted(monkeypatch, tiny_run, "change")
-    tr, te = _split(len(X))
+    tr, te = split_train_test(len(X))
     det = get_detector("graph_topology").fit(X[tr], y[tr])
     assert det.score(X[te], y[te]) > 0.9
     coef = det.model_[-1].coef_[0]
