@@ -185,6 +185,10 @@ def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_set, tmp_path, monkeypat
         (4, "all"),
     ]
     assert all(r["answers"] == sweep["answers"] for r in sweep["table"])
+    # budget 4 comes from prefixes of the NODES graphs; separate runs at 4 time it and agree
+    small, big = sweep["table"][0], sweep["table"][1]
+    assert small["timed"] >= 1 and small["prefix_max_diff"] < 1e-5
+    assert big["timed"] == big["answers"] and big["prefix_max_diff"] is None
     val = json.loads((w / "plan.json").read_text())["question_split"]
     assert all(val[i] == "val" for i in json.loads((w / "sweep" / "ids.json").read_text()))
     assert res["node_budget"] == sweep["chosen"]["nodes"]

@@ -144,10 +144,16 @@ def _parallel(cmds: Sequence[Sequence[str]], threads: int) -> None:
 def extract(cfg: EvalConfig) -> None:
     out = Path(cfg.out)
     nq = cfg.questions
+    cmds = []
     for ds, n in (("halueval_qa_tf", None if nq is None else 3 * nq), ("halueval_qa", nq)):
         cmd = [*_py(), "extract", "--dataset", ds, "--out", str(out / ds), "--keep-tensors", "no"]
         cmd += [] if n is None else ["--num-samples", str(n)]
-        _call(cmd + ([] if cfg.progress else ["--no-progress"]), cfg.threads)
+        cmds.append(cmd + ([] if cfg.progress else ["--no-progress"]))
+    if cfg.processes > 1:  # the two runs side by side
+        _parallel(cmds, cfg.threads)
+    else:
+        for cmd in cmds:
+            _call(cmd, cfg.threads)
     _call([*_py(), "label", *(str(out / r) for r in RUNS)], cfg.threads)
 
 
@@ -245,7 +251,9 @@ def sweep(cfg: EvalConfig, p: dict[str, Any]) -> dict[str, Any]:
             cmd += ["--max-answer-tokens", str(cfg.sweep_max_answer_tokens)]
         cmds.append(cmd + ([] if cfg.progress else ["--no-progress"]))
     _parallel(cmds, cfg.threads)
-    table = sweep_table(load_sweep(out, n), ids, answer_table(out / "halueval_qa_tf"))
+    table = sweep_table(
+        load_sweep(out, n), ids, answer_table(out / "halueval_qa_tf"), load_sweep(out, n, "timing")
+    )
     chosen = choose_setting(table)
     res = {
         "answers": len(ids),

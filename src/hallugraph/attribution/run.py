@@ -131,6 +131,52 @@ def attribute_answer_token(
     return graph, ctx, shift
 
 
+def score_trace_budgets(
+    engine: AttributionEngine,
+    row: Mapping[str, Any],
+    settings: AttributionSettings,
+    budgets: Sequence[int],
+) -> dict[int, dict[str, Any]]:
+    """:func:`score_trace`'s record for every node budget in ``budgets`` from one run per
+    graph at the largest budget: the smaller budgets' graphs are its prefixes
+    (:meth:`~hallugraph.attribution.engine.AttributionGraph.prefix`, exactly the graphs of
+    separate runs). ``seconds`` is the shared run's; our engine only (circuit-tracer's graphs
+    do not keep the exploration order)."""
+    if not isinstance(engine, AttributionEngine):
+        raise TypeError("score_trace_budgets needs hallugraph's AttributionEngine")
+    if not budgets or min(budgets) < 1:
+        raise ValueError(f"budgets must be positive node counts, not {list(budgets)}")
+    t0 = time.perf_counter()
+    per: dict[int, list[GraphScores]] = {b: [] for b in budgets}
+    probs: list[float] = []
+    for k in answer_offsets(row, settings.targets, settings.max_answer_tokens):
+        graph, ctx, _ = attribute_answer_token(
+            engine, row, k, max_feature_nodes=max(budgets), batch_size=settings.batch_size
+        )
+        for b in budgets:
+            per[b].append(scores_from_graph(graph.prefix(b), ctx))
+        probs.append(float(graph.logit_probabilities[0]))
+        del graph
+    seconds = round(time.perf_counter() - t0, 3)
+    return {b: _record(row, s, probs, seconds) for b, s in per.items()}
+
+
+def _record(
+    row: Mapping[str, Any], scores: Sequence[GraphScores], probs: Sequence[float], seconds: float
+) -> dict[str, Any]:
+    return {
+        "index": int(row.get("index", -1)),
+        "gctx": _mean([s.gctx for s in scores]),
+        "rs": _mean([s.rs for s in scores]),
+        "cs": _mean([s.cs for s in scores]),
+        "n_features": round(sum(s.n_features for s in scores) / len(scores)),
+        "n_context": scores[0].n_context,
+        "n_graphs": len(scores),
+        "target_prob": _mean(probs),
+        "seconds": seconds,
+    }
+
+
 def _mean(values: Sequence[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else float("nan")
@@ -155,17 +201,7 @@ def score_trace(
         scores.append(scores_from_graph(graph, ctx))
         probs.append(float(graph.logit_probabilities[0]))
         del graph
-    return {
-        "index": int(row.get("index", -1)),
-        "gctx": _mean([s.gctx for s in scores]),
-        "rs": _mean([s.rs for s in scores]),
-        "cs": _mean([s.cs for s in scores]),
-        "n_features": round(sum(s.n_features for s in scores) / len(scores)),
-        "n_context": scores[0].n_context,
-        "n_graphs": len(scores),
-        "target_prob": _mean(probs),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+    return _record(row, scores, probs, round(time.perf_counter() - t0, 3))
 
 
 # ---------------------------------------------------------------------------------------------
