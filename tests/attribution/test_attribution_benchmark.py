@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from hallugraph.attribution.benchmark import EvalConfig, choose_setting, run_eva
 from hallugraph.attribution.transcoders import random_transcoder_set
 from hallugraph.cli import main
 from hallugraph.detectors import groundedness as gdet
-from hallugraph.features.groundedness import read_scores
+from hallugraph.features.groundedness import read_scores, write_scores
 
 NODES = 8
 
@@ -208,3 +209,26 @@ def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_set, tmp_path, monkeypat
     res2 = run_eval(cfg)
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert res2["metrics"] == res["metrics"] and res2["alpha"] == res["alpha"]
+    # the report's answers were scored first; a partial report leaves unscored train answers
+    # out and says so, and refuses when a length-matched test answer is missing
+    plan = json.loads((w / "plan.json").read_text())
+    first = json.loads((w / "first-halueval_qa_tf.json").read_text())
+    assert first == rep.report_ids(w, "halueval_qa_tf", plan)
+    tf = w / "halueval_qa_tf"
+    payload = read_scores(tf)
+    at = rep.answer_table(tf)
+    side = {i: plan["question_split"][q] for i, q in zip(at["id"], at["question_id"], strict=True)}
+    train = [i for i in first if side[i] == "train"]
+    assert train, first
+    for i in train[:2]:
+        del payload["scores"][i]
+    write_scores(tf, payload)
+    part = run_eval(replace(cfg, partial=True))
+    assert part["partial"] and part["scored"]["halueval_qa_tf"] == {"scored": 22, "traces": 24}
+    rows = list(csv.reader((w / "report" / "groundedness_scores.csv").open()))
+    assert len(rows) == 1 + 22 + 24
+    test = next(i for i in first if side[i] == "test")
+    del payload["scores"][test]
+    write_scores(tf, payload)
+    with pytest.raises(ValueError, match="length-matched validation / test"):
+        run_eval(replace(cfg, partial=True))

@@ -34,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from hallugraph.attribution.benchmark_report import RUNS, answer_table, resolve_set, write_report
+from hallugraph.attribution.benchmark_report import (
+    RUNS,
+    answer_table,
+    report_ids,
+    resolve_set,
+    write_report,
+)
 from hallugraph.attribution.lengthmatch import (
     DEFAULT_FRAC,
     count_matched,
@@ -74,6 +80,9 @@ class EvalConfig:
     frac: tuple[float, float, float] = DEFAULT_FRAC
     tol: int = 2
     bootstrap: int = 1000
+    partial: bool = False
+    """Skip the score step and report on what is scored (every length-matched validation and
+    test answer must be); the JSON says how many traces were scored."""
     report_dir: str | None = None
     """Where the CSV / JSON / PNG go (default ``OUT/report``; the real run: docs/benchmark)."""
     graph_png: bool = True
@@ -282,12 +291,18 @@ def chosen_setting(cfg: EvalConfig) -> tuple[int, str]:
     return int(nodes), str(targets)
 
 
-def score(cfg: EvalConfig) -> None:
+def score(cfg: EvalConfig, p: dict[str, Any]) -> None:
+    """Both runs with the chosen setting, the answers the report needs first
+    (:func:`~.benchmark_report.report_ids`)."""
     nodes, targets = chosen_setting(cfg)
     n = max(1, cfg.processes)
+    out = Path(cfg.out)
     for r in RUNS:
-        run = str(Path(cfg.out) / r)
+        run = str(out / r)
+        first = out / f"first-{r}.json"
+        atomic_write_json(first, report_ids(out, r, p))
         base = [*_py(), "groundedness", run, "--transcoders", resolve_set(cfg.transcoders)]
+        base += ["--first", str(first)]
         base += ["--max-feature-nodes", str(nodes), "--targets", targets, "--device", "cpu"]
         base += ["--threads", str(cfg.threads)] + ([] if cfg.progress else ["--no-progress"])
         base += ["--model", cfg.model] if cfg.model else []
@@ -312,6 +327,7 @@ def run_eval(cfg: EvalConfig, plan_only: bool = False) -> dict[str, Any]:
         return {r: p["runs"][r]["counts"] for r in RUNS}
     if not cfg.skip_sweep:
         steps.run("sweep", sweep, cfg, p)
-    steps.run("score", score, cfg)
+    if not cfg.partial:
+        steps.run("score", score, cfg, p)
     nodes, targets = chosen_setting(cfg)
     return steps.run("report", write_report, cfg, p, nodes, targets, steps.data)

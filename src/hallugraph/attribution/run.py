@@ -254,6 +254,7 @@ def score_run(
     device: str | None = None,
     limit: int | None = None,
     shard: tuple[int, int] | None = None,
+    first: Sequence[str] | None = None,
     overwrite: bool = False,
     save_every: int = 1,
     progress: bool = True,
@@ -262,7 +263,8 @@ def score_run(
 ) -> GroundednessSummary:
     """Score every trace of ``run`` that has a context (the first ``limit`` of them) and is not
     scored yet; see the module docstring. ``replacement_model`` skips loading one (it must be
-    the run's model with ``transcoders``).
+    the run's model with ``transcoders``). ``first``: trace ids scored before the others, in
+    that order (the answers a report needs first), applied before ``limit`` and ``shard``.
 
     Raises ``ValueError`` (nothing written) when the run has no context, the transcoder set is
     missing, or the stored scores were made with other settings; ``ImportError`` when
@@ -278,6 +280,15 @@ def score_run(
             f"{store.dir} (dataset {store.info.get('dataset')!r}) has no trace with a context "
             "span: Gctx needs a retrieved context (e.g. a HaluEval-QA run)"
         )
+    if first:
+        rank = {q: k for k, q in enumerate(first)}
+        unknown = [q for q in rank if q not in {r["question_id"] for r in rows}]
+        if unknown:
+            raise ValueError(
+                f"{len(unknown)} trace id(s) to score first are not traces with a context in "
+                f"{store.dir} (e.g. {unknown[0]!r})"
+            )
+        rows = sorted(rows, key=lambda r: rank.get(r["question_id"], len(rank)))  # stable
     if limit is not None:
         rows = rows[: max(int(limit), 0)]
     fname, in_main = SCORES_FILE, set()
