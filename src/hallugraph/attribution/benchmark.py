@@ -37,7 +37,7 @@ import numpy as np
 from hallugraph.attribution.benchmark_report import (
     RUNS,
     answer_table,
-    report_ids,
+    report_tiers,
     resolve_set,
     write_report,
 )
@@ -292,27 +292,32 @@ def chosen_setting(cfg: EvalConfig) -> tuple[int, str]:
 
 
 def score(cfg: EvalConfig, p: dict[str, Any]) -> None:
-    """Both runs with the chosen setting, the answers the report needs first
-    (:func:`~.benchmark_report.report_ids`)."""
+    """Both runs with the chosen setting, in passes over both runs: the answers a
+    ``--partial`` report needs, then the train side, then the rest
+    (:func:`~.benchmark_report.report_tiers`); each pass in ``processes`` shards, merged."""
     nodes, targets = chosen_setting(cfg)
     n = max(1, cfg.processes)
     out = Path(cfg.out)
+    tiers = {r: report_tiers(out, r, p) for r in RUNS}
     for r in RUNS:
-        run = str(out / r)
-        first = out / f"first-{r}.json"
-        atomic_write_json(first, report_ids(out, r, p))
-        base = [*_py(), "groundedness", run, "--transcoders", resolve_set(cfg.transcoders)]
-        base += ["--first", str(first)]
-        base += ["--max-feature-nodes", str(nodes), "--targets", targets, "--device", "cpu"]
-        base += ["--threads", str(cfg.threads)] + ([] if cfg.progress else ["--no-progress"])
-        base += ["--model", cfg.model] if cfg.model else []
-        if targets == "all" and cfg.sweep_max_answer_tokens:  # as in the sweep
-            base += ["--max-answer-tokens", str(cfg.sweep_max_answer_tokens)]
-        if n == 1:
-            _call(base, cfg.threads)
-            continue
-        _parallel([[*base, "--shard", f"{k}/{n}"] for k in range(n)], cfg.threads)
-        _call([*_py(), "groundedness", run, "--merge", str(n)], cfg.threads)
+        atomic_write_json(out / f"first-{r}.json", [i for t in tiers[r] for i in t])
+    for k in range(len(tiers[RUNS[0]]) + 1):
+        for r in RUNS:
+            run = str(out / r)
+            base = [*_py(), "groundedness", run, "--transcoders", resolve_set(cfg.transcoders)]
+            base += ["--first", str(out / f"first-{r}.json")]
+            if k < len(tiers[r]):  # this pass: the first k + 1 tiers (earlier ones are done)
+                base += ["--limit", str(sum(len(t) for t in tiers[r][: k + 1]))]
+            base += ["--max-feature-nodes", str(nodes), "--targets", targets, "--device", "cpu"]
+            base += ["--threads", str(cfg.threads)] + ([] if cfg.progress else ["--no-progress"])
+            base += ["--model", cfg.model] if cfg.model else []
+            if targets == "all" and cfg.sweep_max_answer_tokens:  # as in the sweep
+                base += ["--max-answer-tokens", str(cfg.sweep_max_answer_tokens)]
+            if n == 1:
+                _call(base, cfg.threads)
+                continue
+            _parallel([[*base, "--shard", f"{j}/{n}"] for j in range(n)], cfg.threads)
+            _call([*_py(), "groundedness", run, "--merge", str(n)], cfg.threads)
 
 
 def run_eval(cfg: EvalConfig, plan_only: bool = False) -> dict[str, Any]:

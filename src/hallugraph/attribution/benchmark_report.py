@@ -75,10 +75,10 @@ def answer_table(run: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     }
 
 
-def report_ids(out: Path, run: str, p: dict[str, Any]) -> list[str]:
-    """The traces a report needs, in the order they are scored first: the length-matched test
-    answers, the length-matched validation answers (α, T), then the train side (the
-    ``groundedness_lr`` detector is fitted there, as every baseline)."""
+def report_tiers(out: Path, run: str, p: dict[str, Any]) -> list[list[str]]:
+    """The traces a report needs, in the order they are scored: (1) the length-matched test
+    answers, then the length-matched validation answers (α, T): a ``--partial`` report needs
+    these; (2) the train side (``groundedness_lr`` is fitted there, as every baseline)."""
     t = answer_table(out / run)
     split = [p["question_split"][q] for q in t["question_id"].tolist()]
     pair = p["runs"][run]["pair"]
@@ -86,10 +86,14 @@ def report_ids(out: Path, run: str, p: dict[str, Any]) -> list[str]:
     matched = [i for i in ids if pair[i] >= 0]
     side = dict(zip(ids, split, strict=True))
     return [
-        *[i for i in matched if side[i] == "test"],
-        *[i for i in matched if side[i] == "val"],
-        *[i for i in ids if side[i] == "train"],
+        [*[i for i in matched if side[i] == "test"], *[i for i in matched if side[i] == "val"]],
+        [i for i in ids if side[i] == "train"],
     ]
+
+
+def report_ids(out: Path, run: str, p: dict[str, Any]) -> list[str]:
+    """:func:`report_tiers` in one list."""
+    return [i for tier in report_tiers(out, run, p) for i in tier]
 
 
 def run_frame(
