@@ -75,6 +75,7 @@ def _frame(n_q=60, seed=0):
         "gctx": gctx,
         "rs": rng.random(3 * n_q),
         "cs": rng.random(3 * n_q),
+        "scored": np.ones(3 * n_q, dtype=bool),
     }
 
 
@@ -94,7 +95,7 @@ def test_alpha_t_on_validation_only_and_the_schema(tmp_path, monkeypatch):
         return {k: s for k in (*rep.BASELINES, "groundedness_lr")}
 
     monkeypatch.setattr(gdet, "fit_groundedness", spy)
-    monkeypatch.setattr(rep, "run_frame", lambda out, r, p: frames[r])
+    monkeypatch.setattr(rep, "run_frame", lambda out, r, p, partial=False: frames[r])
     monkeypatch.setattr(rep, "baseline_scores", fake_base)
     cfg = EvalConfig(out=str(tmp_path), bootstrap=50, graph_png=False)
     p = {
@@ -201,6 +202,9 @@ def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_set, tmp_path, monkeypat
     )
     rows = list(csv.reader((w / "report" / "groundedness_scores.csv").open()))
     assert len(rows) == 1 + 2 * 24
+    # the sweep's validation answers were not scored again: their records come from the sweep
+    reused = [i for i, r in scored["scores"].items() if r.get("from_sweep")]
+    assert sorted(reused) == sorted(json.loads((w / "sweep" / "ids.json").read_text()))
     # resumed: nothing is recomputed, the same results come out
     before = {p: p.stat().st_mtime_ns for p in (w / "sweep").glob("shard-*.json")}
     before[w / "halueval_qa_tf" / "attribution" / "groundedness.json"] = (
@@ -230,5 +234,5 @@ def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_set, tmp_path, monkeypat
     test = next(i for i in first if side[i] == "test")
     del payload["scores"][test]
     write_scores(tf, payload)
-    with pytest.raises(ValueError, match="length-matched validation / test"):
+    with pytest.raises(ValueError, match="length-matched test / val traces"):
         run_eval(replace(cfg, partial=True))

@@ -291,6 +291,49 @@ def chosen_setting(cfg: EvalConfig) -> tuple[int, str]:
     return int(nodes), str(targets)
 
 
+def reuse_sweep(cfg: EvalConfig, nodes: int, targets: str) -> int:
+    """Copy the sweep's records of the chosen setting (validation answers of
+    ``halueval_qa_tf``, cut from the sweep's largest graph: the graphs of separate runs, to
+    rounding) into that run's scores, marked ``from_sweep``; returns how many. Nothing is
+    copied into scores made with other settings."""
+    from hallugraph.attribution.settings import (
+        MATCHING,
+        AttributionSettings,
+        resolve_transcoders,
+        transcoders_digest,
+    )
+    from hallugraph.attribution.sweep_worker import load_sweep, setting_key
+    from hallugraph.features.groundedness import read_scores, write_scores
+
+    out = Path(cfg.out)
+    recs = load_sweep(out, max(1, cfg.processes)).get(setting_key(nodes, targets), {})
+    if not recs:
+        return 0
+    tdir = resolve_transcoders(resolve_set(cfg.transcoders), "")  # as score_run names it
+    st = AttributionSettings(
+        max_feature_nodes=nodes,
+        targets=targets,
+        max_answer_tokens=cfg.sweep_max_answer_tokens if targets == "all" else None,
+    )
+    settings = {
+        **st.to_dict(),
+        "transcoders": str(tdir),
+        "transcoders_digest": transcoders_digest(tdir),
+        "exclude_positions": [0],
+    }
+    run = out / RUNS[0]
+    payload = read_scores(run)
+    old = payload["settings"] or {}
+    if payload["scores"] and any(old.get(k) != settings[k] for k in MATCHING):
+        return 0
+    new = {i: {**r, "from_sweep": True} for i, r in recs.items() if i not in payload["scores"]}
+    if new:
+        payload["settings"] = settings
+        payload["scores"].update(new)
+        write_scores(run, payload)
+    return len(new)
+
+
 def score(cfg: EvalConfig, p: dict[str, Any]) -> None:
     """Both runs with the chosen setting, in passes over both runs: the answers a
     ``--partial`` report needs, then the train side, then the rest
@@ -298,6 +341,7 @@ def score(cfg: EvalConfig, p: dict[str, Any]) -> None:
     nodes, targets = chosen_setting(cfg)
     n = max(1, cfg.processes)
     out = Path(cfg.out)
+    reuse_sweep(cfg, nodes, targets)
     tiers = {r: report_tiers(out, r, p) for r in RUNS}
     for r in RUNS:
         atomic_write_json(out / f"first-{r}.json", [i for t in tiers[r] for i in t])

@@ -46,6 +46,8 @@ REPORT_T = 0.4
 """The report's threshold: hallucinated when Groundedness < 0.4."""
 BASELINES = ("lookback_lens", "graph_topology", "answer_length")
 RUNS = ("halueval_qa_tf", "halueval_qa")
+ALPHA_RUN = RUNS[0]
+"""The run whose length-matched validation answers choose α and T (and the sweep's)."""
 
 
 def resolve_set(name: str) -> str:
@@ -76,19 +78,20 @@ def answer_table(run: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
 
 def report_tiers(out: Path, run: str, p: dict[str, Any]) -> list[list[str]]:
-    """The traces a report needs, in the order they are scored: (1) the length-matched test
-    answers, then the length-matched validation answers (α, T): a ``--partial`` report needs
-    these; (2) the train side (``groundedness_lr`` is fitted there, as every baseline)."""
+    """The traces a report needs, in the order they are scored: (1) what a ``--partial``
+    report needs: the length-matched test answers, and on ``halueval_qa_tf`` (where α and T
+    are chosen) the length-matched validation answers; (2) the train side (``groundedness_lr``
+    is fitted there, as every baseline) and the other run's length-matched validation
+    answers."""
     t = answer_table(out / run)
     split = [p["question_split"][q] for q in t["question_id"].tolist()]
     pair = p["runs"][run]["pair"]
     ids = t["id"].tolist()
     matched = [i for i in ids if pair[i] >= 0]
     side = dict(zip(ids, split, strict=True))
-    return [
-        [*[i for i in matched if side[i] == "test"], *[i for i in matched if side[i] == "val"]],
-        [i for i in ids if side[i] == "train"],
-    ]
+    val = [i for i in matched if side[i] == "val"]
+    first = [i for i in matched if side[i] == "test"] + (val if run == ALPHA_RUN else [])
+    return [first, [i for i in ids if side[i] == "train"] + ([] if run == ALPHA_RUN else val)]
 
 
 def report_ids(out: Path, run: str, p: dict[str, Any]) -> list[str]:
@@ -109,9 +112,10 @@ def run_frame(
     t["split"] = np.array([p["question_split"][q] for q in t["question_id"].tolist()])
     t["pair"] = np.array([p["runs"][run]["pair"][i] for i in t["id"].tolist()], dtype=np.int64)
     t["scored"] = np.array([i in scores for i in t["id"].tolist()])
-    need = ~t["scored"] & ((t["pair"] >= 0) & (t["split"] != "train") | (not partial))
+    sides = ("test", "val") if run == ALPHA_RUN else ("test",)
+    need = ~t["scored"] & ((t["pair"] >= 0) & np.isin(t["split"], sides) | (not partial))
     if need.any():
-        what = "length-matched validation / test traces" if partial else "traces"
+        what = f"length-matched {' / '.join(sides)} traces" if partial else "traces"
         raise ValueError(
             f"{int(need.sum())} {what} of {out / run} have no Groundedness scores (e.g. "
             f"{t['id'][need][0]}): run the score step again"
@@ -277,7 +281,7 @@ def write_report(
     rdir.mkdir(parents=True, exist_ok=True)
     partial = bool(getattr(cfg, "partial", False))
     frames = {r: run_frame(out, r, p, partial) for r in RUNS}
-    fit = choose_alpha_t(frames["halueval_qa_tf"])
+    fit = choose_alpha_t(frames[ALPHA_RUN])
     metrics = {}
     for r, t in frames.items():
         base = baseline_scores(out, r, t)
