@@ -236,7 +236,7 @@ def choose_setting(table: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def sweep(cfg: EvalConfig, p: dict[str, Any]) -> dict[str, Any]:
     """Score the sweep answers with every setting (worker processes, resumable), then the
     table and the knee."""
-    from hallugraph.attribution.sweep_worker import load_sweep, sweep_table
+    from hallugraph.attribution.sweep_worker import load_sweep, setting_key, sweep_table
 
     out = Path(cfg.out)
     ids = sweep_ids({**p, "_out": str(out)}, cfg.sweep_answers)
@@ -260,8 +260,12 @@ def sweep(cfg: EvalConfig, p: dict[str, Any]) -> dict[str, Any]:
             cmd += ["--max-answer-tokens", str(cfg.sweep_max_answer_tokens)]
         cmds.append(cmd + ([] if cfg.progress else ["--no-progress"]))
     _parallel(cmds, cfg.threads)
+    keys = {setting_key(a, b) for a, b in settings}  # not those of an earlier, other sweep
     table = sweep_table(
-        load_sweep(out, n), ids, answer_table(out / "halueval_qa_tf"), load_sweep(out, n, "timing")
+        {k: v for k, v in load_sweep(out, n).items() if k in keys},
+        ids,
+        answer_table(out / "halueval_qa_tf"),
+        load_sweep(out, n, "timing"),
     )
     chosen = choose_setting(table)
     res = {

@@ -97,7 +97,7 @@ def sweep_table(
             auroc_gctx=auroc_gctx,
             alpha=alpha,
             wall_s_per_answer=round(float(np.mean(wall)), 2) if wall else None,
-            cpu_s_per_answer=round(float(np.nanmean(cpu)), 2) if cpu else None,
+            cpu_s_per_answer=(round(float(np.nanmean(cpu)), 2) if np.isfinite(cpu).any() else None),
             timed=len(src),
             prefix_max_diff=float(np.nanmax(diffs)) if diffs else None,
         )
