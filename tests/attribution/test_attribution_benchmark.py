@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from hallugraph.attribution.benchmark import EvalConfig, choose_setting, run_eva
 from hallugraph.attribution.transcoders import random_transcoder_set
 from hallugraph.cli import main
 from hallugraph.detectors import groundedness as gdet
-from hallugraph.features.groundedness import read_scores
+from hallugraph.features.groundedness import read_scores, write_scores
 
 NODES = 8
 
@@ -74,6 +75,7 @@ def _frame(n_q=60, seed=0):
         "gctx": gctx,
         "rs": rng.random(3 * n_q),
         "cs": rng.random(3 * n_q),
+        "scored": np.ones(3 * n_q, dtype=bool),
     }
 
 
@@ -93,7 +95,7 @@ def test_alpha_t_on_validation_only_and_the_schema(tmp_path, monkeypatch):
         return {k: s for k in (*rep.BASELINES, "groundedness_lr")}
 
     monkeypatch.setattr(gdet, "fit_groundedness", spy)
-    monkeypatch.setattr(rep, "run_frame", lambda out, r, p: frames[r])
+    monkeypatch.setattr(rep, "run_frame", lambda out, r, p, partial=False: frames[r])
     monkeypatch.setattr(rep, "baseline_scores", fake_base)
     cfg = EvalConfig(out=str(tmp_path), bootstrap=50, graph_png=False)
     p = {
@@ -185,6 +187,10 @@ def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_set, tmp_path, monkeypat
         (4, "all"),
     ]
     assert all(r["answers"] == sweep["answers"] for r in sweep["table"])
+    # budget 4 comes from prefixes of the NODES graphs; separate runs at 4 time it and agree
+    small, big = sweep["table"][0], sweep["table"][1]
+    assert small["timed"] >= 1 and small["prefix_max_diff"] < 1e-5
+    assert big["timed"] == big["answers"] and big["prefix_max_diff"] is None
     val = json.loads((w / "plan.json").read_text())["question_split"]
     assert all(val[i] == "val" for i in json.loads((w / "sweep" / "ids.json").read_text()))
     assert res["node_budget"] == sweep["chosen"]["nodes"]
@@ -196,6 +202,9 @@ def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_set, tmp_path, monkeypat
     )
     rows = list(csv.reader((w / "report" / "groundedness_scores.csv").open()))
     assert len(rows) == 1 + 2 * 24
+    # the sweep's validation answers were not scored again: their records come from the sweep
+    reused = [i for i, r in scored["scores"].items() if r.get("from_sweep")]
+    assert sorted(reused) == sorted(json.loads((w / "sweep" / "ids.json").read_text()))
     # resumed: nothing is recomputed, the same results come out
     before = {p: p.stat().st_mtime_ns for p in (w / "sweep").glob("shard-*.json")}
     before[w / "halueval_qa_tf" / "attribution" / "groundedness.json"] = (
@@ -204,3 +213,26 @@ def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_set, tmp_path, monkeypat
     res2 = run_eval(cfg)
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert res2["metrics"] == res["metrics"] and res2["alpha"] == res["alpha"]
+    # the report's answers were scored first; a partial report leaves unscored train answers
+    # out and says so, and refuses when a length-matched test answer is missing
+    plan = json.loads((w / "plan.json").read_text())
+    first = json.loads((w / "first-halueval_qa_tf.json").read_text())
+    assert first == rep.report_ids(w, "halueval_qa_tf", plan)
+    tf = w / "halueval_qa_tf"
+    payload = read_scores(tf)
+    at = rep.answer_table(tf)
+    side = {i: plan["question_split"][q] for i, q in zip(at["id"], at["question_id"], strict=True)}
+    train = [i for i in first if side[i] == "train"]
+    assert train, first
+    for i in train[:2]:
+        del payload["scores"][i]
+    write_scores(tf, payload)
+    part = run_eval(replace(cfg, partial=True))
+    assert part["partial"] and part["scored"]["halueval_qa_tf"] == {"scored": 22, "traces": 24}
+    rows = list(csv.reader((w / "report" / "groundedness_scores.csv").open()))
+    assert len(rows) == 1 + 22 + 24
+    test = next(i for i in first if side[i] == "test")
+    del payload["scores"][test]
+    write_scores(tf, payload)
+    with pytest.raises(ValueError, match="length-matched test / val traces"):
+        run_eval(replace(cfg, partial=True))

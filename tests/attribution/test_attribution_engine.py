@@ -345,3 +345,31 @@ def test_last_queue_with_selected_columns_only_gives_the_same_graph(
         graphs.append(engine.attribute(ids, max_feature_nodes=30, batch_size=8, chunk_size=16))
     assert torch.equal(graphs[0].selected_features, graphs[1].selected_features)
     assert torch.allclose(graphs[0].adjacency_matrix, graphs[1].adjacency_matrix, atol=1e-6)
+
+
+def test_prefix_of_a_larger_budget_is_the_smaller_budgets_graph(llama_dir, tmp_path):
+    """``graph.prefix(n)`` of a run at a large budget equals a separate run at budget ``n``
+    (same selected features, adjacency, RS / CS / Gctx), also across re-rankings; a graph of
+    every active feature has no order to cut."""
+    tdir = _write(tmp_path, "prefix", _layers(2, 32, 48, seed=5, jumprelu=(1,), skip=True))
+    engine = AttributionEngine.from_pretrained(llama_dir, tdir)
+    ids = _ids(engine.tokenizer)
+    kw = {"batch_size": 8, "update_interval": 2, "chunk_size": 8}
+    big = engine.attribute(ids, max_feature_nodes=60, **kw)
+    assert big.selection_order is not None and len(big.selection_order) == 60
+    assert torch.equal(torch.sort(big.selection_order).values, big.selected_features)
+    ctx = _ctx(big.n_pos)
+    for n in (5, 16, 23, 40):
+        one = engine.attribute(ids, max_feature_nodes=n, **kw)
+        cut = big.prefix(n)
+        assert torch.equal(cut.selected_features, one.selected_features), n
+        assert cut.adjacency_matrix.shape == one.adjacency_matrix.shape
+        assert torch.allclose(cut.adjacency_matrix, one.adjacency_matrix, atol=1e-6), n
+        a, b = scores_from_graph(cut, ctx), scores_from_graph(one, ctx)
+        for f in ("gctx", "rs", "cs"):
+            assert abs(getattr(a, f) - getattr(b, f)) < 1e-6, (n, f)
+    assert big.prefix(60) is big and big.prefix(1000) is big
+    every = engine.attribute(ids, max_feature_nodes=None, **kw)
+    assert every.selection_order is None
+    with pytest.raises(ValueError, match="no selection order"):
+        every.prefix(3)

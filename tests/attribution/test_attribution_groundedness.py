@@ -184,6 +184,32 @@ def test_interruption_keeps_scored_traces(tiny_run, tiny_ct, rm, tmp_path, monke
     assert (s.already, s.scored) == (2, 1)
 
 
+def test_first_ids_are_scored_first(tiny_run, tiny_ct, rm, tmp_path):
+    """``first`` orders the traces before ``limit`` / ``shard``; an unknown id is refused
+    before anything is written."""
+    run = _copy(tiny_run, tmp_path)
+    ids = [r["question_id"] for r in TraceStore(run).manifest if r.get("context_span")]
+    settings = AttributionSettings(max_feature_nodes=NODES)
+    with pytest.raises(ValueError, match="not traces with a context"):
+        score_run(run, tiny_ct[1], settings, replacement_model=rm, first=["nope"], limit=1)
+    assert not scores_path(run).exists()
+    first = [ids[-1], ids[2]]
+    score_run(run, tiny_ct[1], settings, replacement_model=rm, first=first, limit=2, progress=False)
+    assert set(read_scores(run)["scores"]) == set(first)
+    score_run(
+        run,
+        tiny_ct[1],
+        settings,
+        replacement_model=rm,
+        first=first,
+        limit=4,
+        shard=(1, 2),
+        progress=False,
+    )
+    shard = read_scores(run, "groundedness.shard-1-of-2.json")["scores"]
+    assert set(shard) == {ids[1]}  # order: ids[-1], ids[2], ids[0], ids[1]; every 2nd from 1
+
+
 def test_targets_all_averages_answer_tokens(tiny_run, tiny_ct, rm, tmp_path):
     run = _copy(tiny_run, tmp_path)
     row = TraceStore(run).manifest[0]

@@ -34,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from hallugraph.attribution.benchmark_report import RUNS, answer_table, resolve_set, write_report
+from hallugraph.attribution.benchmark_report import (
+    RUNS,
+    answer_table,
+    report_tiers,
+    resolve_set,
+    write_report,
+)
 from hallugraph.attribution.lengthmatch import (
     DEFAULT_FRAC,
     count_matched,
@@ -74,6 +80,9 @@ class EvalConfig:
     frac: tuple[float, float, float] = DEFAULT_FRAC
     tol: int = 2
     bootstrap: int = 1000
+    partial: bool = False
+    """Skip the score step and report on what is scored (every length-matched validation and
+    test answer must be); the JSON says how many traces were scored."""
     report_dir: str | None = None
     """Where the CSV / JSON / PNG go (default ``OUT/report``; the real run: docs/benchmark)."""
     graph_png: bool = True
@@ -144,10 +153,16 @@ def _parallel(cmds: Sequence[Sequence[str]], threads: int) -> None:
 def extract(cfg: EvalConfig) -> None:
     out = Path(cfg.out)
     nq = cfg.questions
+    cmds = []
     for ds, n in (("halueval_qa_tf", None if nq is None else 3 * nq), ("halueval_qa", nq)):
         cmd = [*_py(), "extract", "--dataset", ds, "--out", str(out / ds), "--keep-tensors", "no"]
         cmd += [] if n is None else ["--num-samples", str(n)]
-        _call(cmd + ([] if cfg.progress else ["--no-progress"]), cfg.threads)
+        cmds.append(cmd + ([] if cfg.progress else ["--no-progress"]))
+    if cfg.processes > 1:  # the two runs side by side
+        _parallel(cmds, cfg.threads)
+    else:
+        for cmd in cmds:
+            _call(cmd, cfg.threads)
     _call([*_py(), "label", *(str(out / r) for r in RUNS)], cfg.threads)
 
 
@@ -221,7 +236,7 @@ def choose_setting(table: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def sweep(cfg: EvalConfig, p: dict[str, Any]) -> dict[str, Any]:
     """Score the sweep answers with every setting (worker processes, resumable), then the
     table and the knee."""
-    from hallugraph.attribution.sweep_worker import load_sweep, sweep_table
+    from hallugraph.attribution.sweep_worker import load_sweep, setting_key, sweep_table
 
     out = Path(cfg.out)
     ids = sweep_ids({**p, "_out": str(out)}, cfg.sweep_answers)
@@ -245,7 +260,13 @@ def sweep(cfg: EvalConfig, p: dict[str, Any]) -> dict[str, Any]:
             cmd += ["--max-answer-tokens", str(cfg.sweep_max_answer_tokens)]
         cmds.append(cmd + ([] if cfg.progress else ["--no-progress"]))
     _parallel(cmds, cfg.threads)
-    table = sweep_table(load_sweep(out, n), ids, answer_table(out / "halueval_qa_tf"))
+    keys = {setting_key(a, b) for a, b in settings}  # not those of an earlier, other sweep
+    table = sweep_table(
+        {k: v for k, v in load_sweep(out, n).items() if k in keys},
+        ids,
+        answer_table(out / "halueval_qa_tf"),
+        load_sweep(out, n, "timing"),
+    )
     chosen = choose_setting(table)
     res = {
         "answers": len(ids),
@@ -274,22 +295,77 @@ def chosen_setting(cfg: EvalConfig) -> tuple[int, str]:
     return int(nodes), str(targets)
 
 
-def score(cfg: EvalConfig) -> None:
+def reuse_sweep(cfg: EvalConfig, nodes: int, targets: str) -> int:
+    """Copy the sweep's records of the chosen setting (validation answers of
+    ``halueval_qa_tf``, cut from the sweep's largest graph: the graphs of separate runs, to
+    rounding) into that run's scores, marked ``from_sweep``; returns how many. Nothing is
+    copied into scores made with other settings."""
+    from hallugraph.attribution.settings import (
+        MATCHING,
+        AttributionSettings,
+        resolve_transcoders,
+        transcoders_digest,
+    )
+    from hallugraph.attribution.sweep_worker import load_sweep, setting_key
+    from hallugraph.features.groundedness import read_scores, write_scores
+
+    out = Path(cfg.out)
+    recs = load_sweep(out, max(1, cfg.processes)).get(setting_key(nodes, targets), {})
+    if not recs:
+        return 0
+    tdir = resolve_transcoders(resolve_set(cfg.transcoders), "")  # as score_run names it
+    st = AttributionSettings(
+        max_feature_nodes=nodes,
+        targets=targets,
+        max_answer_tokens=cfg.sweep_max_answer_tokens if targets == "all" else None,
+    )
+    settings = {
+        **st.to_dict(),
+        "transcoders": str(tdir),
+        "transcoders_digest": transcoders_digest(tdir),
+        "exclude_positions": [0],
+    }
+    run = out / RUNS[0]
+    payload = read_scores(run)
+    old = payload["settings"] or {}
+    if payload["scores"] and any(old.get(k) != settings[k] for k in MATCHING):
+        return 0
+    new = {i: {**r, "from_sweep": True} for i, r in recs.items() if i not in payload["scores"]}
+    if new:
+        payload["settings"] = settings
+        payload["scores"].update(new)
+        write_scores(run, payload)
+    return len(new)
+
+
+def score(cfg: EvalConfig, p: dict[str, Any]) -> None:
+    """Both runs with the chosen setting, in passes over both runs: the answers a
+    ``--partial`` report needs, then the train side, then the rest
+    (:func:`~.benchmark_report.report_tiers`); each pass in ``processes`` shards, merged."""
     nodes, targets = chosen_setting(cfg)
     n = max(1, cfg.processes)
+    out = Path(cfg.out)
+    reuse_sweep(cfg, nodes, targets)
+    tiers = {r: report_tiers(out, r, p) for r in RUNS}
     for r in RUNS:
-        run = str(Path(cfg.out) / r)
-        base = [*_py(), "groundedness", run, "--transcoders", resolve_set(cfg.transcoders)]
-        base += ["--max-feature-nodes", str(nodes), "--targets", targets, "--device", "cpu"]
-        base += ["--threads", str(cfg.threads)] + ([] if cfg.progress else ["--no-progress"])
-        base += ["--model", cfg.model] if cfg.model else []
-        if targets == "all" and cfg.sweep_max_answer_tokens:  # as in the sweep
-            base += ["--max-answer-tokens", str(cfg.sweep_max_answer_tokens)]
-        if n == 1:
-            _call(base, cfg.threads)
-            continue
-        _parallel([[*base, "--shard", f"{k}/{n}"] for k in range(n)], cfg.threads)
-        _call([*_py(), "groundedness", run, "--merge", str(n)], cfg.threads)
+        atomic_write_json(out / f"first-{r}.json", [i for t in tiers[r] for i in t])
+    for k in range(len(tiers[RUNS[0]]) + 1):
+        for r in RUNS:
+            run = str(out / r)
+            base = [*_py(), "groundedness", run, "--transcoders", resolve_set(cfg.transcoders)]
+            base += ["--first", str(out / f"first-{r}.json")]
+            if k < len(tiers[r]):  # this pass: the first k + 1 tiers (earlier ones are done)
+                base += ["--limit", str(sum(len(t) for t in tiers[r][: k + 1]))]
+            base += ["--max-feature-nodes", str(nodes), "--targets", targets, "--device", "cpu"]
+            base += ["--threads", str(cfg.threads)] + ([] if cfg.progress else ["--no-progress"])
+            base += ["--model", cfg.model] if cfg.model else []
+            if targets == "all" and cfg.sweep_max_answer_tokens:  # as in the sweep
+                base += ["--max-answer-tokens", str(cfg.sweep_max_answer_tokens)]
+            if n == 1:
+                _call(base, cfg.threads)
+                continue
+            _parallel([[*base, "--shard", f"{j}/{n}"] for j in range(n)], cfg.threads)
+            _call([*_py(), "groundedness", run, "--merge", str(n)], cfg.threads)
 
 
 def run_eval(cfg: EvalConfig, plan_only: bool = False) -> dict[str, Any]:
@@ -304,6 +380,7 @@ def run_eval(cfg: EvalConfig, plan_only: bool = False) -> dict[str, Any]:
         return {r: p["runs"][r]["counts"] for r in RUNS}
     if not cfg.skip_sweep:
         steps.run("sweep", sweep, cfg, p)
-    steps.run("score", score, cfg)
+    if not cfg.partial:
+        steps.run("score", score, cfg, p)
     nodes, targets = chosen_setting(cfg)
     return steps.run("report", write_report, cfg, p, nodes, targets, steps.data)

@@ -46,6 +46,8 @@ REPORT_T = 0.4
 """The report's threshold: hallucinated when Groundedness < 0.4."""
 BASELINES = ("lookback_lens", "graph_topology", "answer_length")
 RUNS = ("halueval_qa_tf", "halueval_qa")
+ALPHA_RUN = RUNS[0]
+"""The run whose length-matched validation answers choose α and T (and the sweep's)."""
 
 
 def resolve_set(name: str) -> str:
@@ -75,22 +77,54 @@ def answer_table(run: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     }
 
 
-def run_frame(out: Path, run: str, p: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Per trace of ``run``: the answer table, split, pair id, stored Gctx / RS / CS."""
+def report_tiers(out: Path, run: str, p: dict[str, Any]) -> list[list[str]]:
+    """The traces a report needs, in the order they are scored: (1) what a ``--partial``
+    report needs: the length-matched test answers, and on ``halueval_qa_tf`` (where α and T
+    are chosen) the length-matched validation answers; (2) the train side (``groundedness_lr``
+    is fitted there, as every baseline) and the other run's length-matched validation
+    answers."""
+    t = answer_table(out / run)
+    split = [p["question_split"][q] for q in t["question_id"].tolist()]
+    pair = p["runs"][run]["pair"]
+    ids = t["id"].tolist()
+    matched = [i for i in ids if pair[i] >= 0]
+    side = dict(zip(ids, split, strict=True))
+    val = [i for i in matched if side[i] == "val"]
+    first = [i for i in matched if side[i] == "test"] + (val if run == ALPHA_RUN else [])
+    return [first, [i for i in ids if side[i] == "train"] + ([] if run == ALPHA_RUN else val)]
+
+
+def report_ids(out: Path, run: str, p: dict[str, Any]) -> list[str]:
+    """:func:`report_tiers` in one list."""
+    return [i for tier in report_tiers(out, run, p) for i in tier]
+
+
+def run_frame(
+    out: Path, run: str, p: dict[str, Any], partial: bool = False
+) -> dict[str, np.ndarray]:
+    """Per trace of ``run``: the answer table, split, pair id, stored Gctx / RS / CS and
+    ``scored``. Every trace must be scored, or with ``partial`` every length-matched validation
+    and test answer (the others are left out of the metrics and the CSV)."""
     from hallugraph.features.groundedness import read_scores
 
     t = answer_table(out / run)
     scores = read_scores(out / run)["scores"]
-    missing = [i for i in t["id"].tolist() if i not in scores]
-    if missing:
-        raise ValueError(
-            f"{len(missing)} traces of {out / run} have no Groundedness scores (e.g. "
-            f"{missing[0]}): run the score step again"
-        )
-    for c in ("gctx", "rs", "cs"):
-        t[c] = np.array([float(scores[i][c]) for i in t["id"].tolist()], dtype=np.float64)
     t["split"] = np.array([p["question_split"][q] for q in t["question_id"].tolist()])
     t["pair"] = np.array([p["runs"][run]["pair"][i] for i in t["id"].tolist()], dtype=np.int64)
+    t["scored"] = np.array([i in scores for i in t["id"].tolist()])
+    sides = ("test", "val") if run == ALPHA_RUN else ("test",)
+    need = ~t["scored"] & ((t["pair"] >= 0) & np.isin(t["split"], sides) | (not partial))
+    if need.any():
+        what = f"length-matched {' / '.join(sides)} traces" if partial else "traces"
+        raise ValueError(
+            f"{int(need.sum())} {what} of {out / run} have no Groundedness scores (e.g. "
+            f"{t['id'][need][0]}): run the score step again"
+        )
+    for c in ("gctx", "rs", "cs"):
+        t[c] = np.array(
+            [float(scores[i][c]) if i in scores else np.nan for i in t["id"].tolist()],
+            dtype=np.float64,
+        )
     return t
 
 
@@ -108,11 +142,13 @@ def baseline_scores(out: Path, run: str, t: dict[str, np.ndarray]) -> dict[str, 
     from hallugraph.features import FeatureTable
 
     X = FeatureTable.from_run(out / run)
-    tr, te = np.flatnonzero(t["split"] == "train"), np.flatnonzero(t["split"] == "test")
+    train, te = t["split"] == "train", np.flatnonzero(t["split"] == "test")
     res: dict[str, np.ndarray] = {}
     names = (*BASELINES, "groundedness_lr")
     for name in names:
         s = np.full(len(t["id"]), np.nan)
+        # groundedness_lr on the scored train answers only (all of them once scoring is done)
+        tr = np.flatnonzero(train & t["scored"] if name == "groundedness_lr" else train)
         try:
             det = get_detector(name).fit(X[tr], t["label"][tr])
             s[te] = det.predict_proba(X[te])
@@ -175,7 +211,7 @@ def write_csv(path: Path, frames: dict[str, dict[str, np.ndarray]], fit: Any) ->
         gc, rs, cs = (np.nan_to_num(t[c], nan=0.0) for c in ("gctx", "rs", "cs"))
         g = groundedness(gc, rs, cs, fit.alpha)
         g = np.nan_to_num(np.asarray(g).reshape(-1), nan=0.0)
-        for i in range(len(t["id"])):
+        for i in np.flatnonzero(t["scored"]):
             lb = t["lookback"][i]
             w.writerow(
                 [
@@ -243,8 +279,9 @@ def write_report(
     out = Path(cfg.out)
     rdir = Path(cfg.report_dir) if cfg.report_dir else out / "report"
     rdir.mkdir(parents=True, exist_ok=True)
-    frames = {r: run_frame(out, r, p) for r in RUNS}
-    fit = choose_alpha_t(frames["halueval_qa_tf"])
+    partial = bool(getattr(cfg, "partial", False))
+    frames = {r: run_frame(out, r, p, partial) for r in RUNS}
+    fit = choose_alpha_t(frames[ALPHA_RUN])
     metrics = {}
     for r, t in frames.items():
         base = baseline_scores(out, r, t)
@@ -267,6 +304,10 @@ def write_report(
         "evaluation_set": f"halueval_qa_tf, test side, length-matched pairs (±{p['tol']} tokens)",
         "splits": {"seed": p["seed"], "frac": p["frac"], "grouped_by": "question"},
         "counts": {r: p["runs"][r]["counts"] for r in RUNS},
+        "scored": {
+            r: {"scored": int(t["scored"].sum()), "traces": len(t["id"])} for r, t in frames.items()
+        },
+        "partial": partial and any(not t["scored"].all() for t in frames.values()),
         "metrics": metrics,
         "sweep": json.loads(sweep.read_text()) if sweep.is_file() else None,
         "steps": steps,

@@ -103,6 +103,12 @@ def add_groundedness_parser(sub: Any) -> None:
         help="score every N-th trace from the K-th (0-based) into its own file, for N parallel "
         "processes; then --merge N",
     )
+    p.add_argument(
+        "--first",
+        default=None,
+        metavar="FILE",
+        help="JSON list of trace ids to score before the others, in that order",
+    )
     p.add_argument("--merge", type=int, default=None, metavar="N", help="fold N shard files in")
     p.add_argument(
         "--overwrite", action="store_true", help="discard scores stored with other settings"
@@ -167,6 +173,7 @@ def _need_circuit_tracer() -> None:
 def run_groundedness(args: argparse.Namespace) -> int:
     """``hallugraph groundedness RUN``: score the run, print a JSON summary."""
     import json
+    from pathlib import Path
 
     import torch
 
@@ -187,6 +194,11 @@ def run_groundedness(args: argparse.Namespace) -> int:
         except (ValueError, AssertionError):
             raise ValueError(f"--shard {args.shard!r}: expected K/N, e.g. 0/2") from None
     settings = _settings(args, args.targets)
+    first = None
+    if args.first:
+        first = json.loads(Path(args.first).read_text())
+        if not isinstance(first, list) or not all(isinstance(q, str) for q in first):
+            raise ValueError(f"--first {args.first}: expected a JSON list of trace ids")
     try:
         summary = score_run(
             args.run,
@@ -196,6 +208,7 @@ def run_groundedness(args: argparse.Namespace) -> int:
             device=args.device,
             limit=args.limit,
             shard=shard,
+            first=first,
             overwrite=args.overwrite,
             progress=not args.no_progress,
             log_fn=print,
@@ -347,6 +360,12 @@ def add_groundedness_eval_parser(sub: Any) -> None:
     p.add_argument("--report-dir", default=None, help="CSV/JSON/PNG folder (OUT/report)")
     p.add_argument("--no-graph-png", action="store_true")
     p.add_argument("--plan-only", action="store_true", help="extract, label, plan; print counts")
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="no score step: report on the answers scored so far (every length-matched "
+        "validation and test answer must be; the JSON says how many were scored)",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -381,6 +400,7 @@ def run_groundedness_eval(args: argparse.Namespace) -> int:
         report_dir=args.report_dir,
         graph_png=not args.no_graph_png,
         progress=not args.no_progress,
+        partial=args.partial,
     )
     try:
         res = run_eval(cfg, plan_only=args.plan_only)

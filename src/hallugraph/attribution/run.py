@@ -131,6 +131,52 @@ def attribute_answer_token(
     return graph, ctx, shift
 
 
+def score_trace_budgets(
+    engine: AttributionEngine,
+    row: Mapping[str, Any],
+    settings: AttributionSettings,
+    budgets: Sequence[int],
+) -> dict[int, dict[str, Any]]:
+    """:func:`score_trace`'s record for every node budget in ``budgets`` from one run per
+    graph at the largest budget: the smaller budgets' graphs are its prefixes
+    (:meth:`~hallugraph.attribution.engine.AttributionGraph.prefix`, exactly the graphs of
+    separate runs). ``seconds`` is the shared run's; our engine only (circuit-tracer's graphs
+    do not keep the exploration order)."""
+    if not isinstance(engine, AttributionEngine):
+        raise TypeError("score_trace_budgets needs hallugraph's AttributionEngine")
+    if not budgets or min(budgets) < 1:
+        raise ValueError(f"budgets must be positive node counts, not {list(budgets)}")
+    t0 = time.perf_counter()
+    per: dict[int, list[GraphScores]] = {b: [] for b in budgets}
+    probs: list[float] = []
+    for k in answer_offsets(row, settings.targets, settings.max_answer_tokens):
+        graph, ctx, _ = attribute_answer_token(
+            engine, row, k, max_feature_nodes=max(budgets), batch_size=settings.batch_size
+        )
+        for b in budgets:
+            per[b].append(scores_from_graph(graph.prefix(b), ctx))
+        probs.append(float(graph.logit_probabilities[0]))
+        del graph
+    seconds = round(time.perf_counter() - t0, 3)
+    return {b: _record(row, s, probs, seconds) for b, s in per.items()}
+
+
+def _record(
+    row: Mapping[str, Any], scores: Sequence[GraphScores], probs: Sequence[float], seconds: float
+) -> dict[str, Any]:
+    return {
+        "index": int(row.get("index", -1)),
+        "gctx": _mean([s.gctx for s in scores]),
+        "rs": _mean([s.rs for s in scores]),
+        "cs": _mean([s.cs for s in scores]),
+        "n_features": round(sum(s.n_features for s in scores) / len(scores)),
+        "n_context": scores[0].n_context,
+        "n_graphs": len(scores),
+        "target_prob": _mean(probs),
+        "seconds": seconds,
+    }
+
+
 def _mean(values: Sequence[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else float("nan")
@@ -155,17 +201,7 @@ def score_trace(
         scores.append(scores_from_graph(graph, ctx))
         probs.append(float(graph.logit_probabilities[0]))
         del graph
-    return {
-        "index": int(row.get("index", -1)),
-        "gctx": _mean([s.gctx for s in scores]),
-        "rs": _mean([s.rs for s in scores]),
-        "cs": _mean([s.cs for s in scores]),
-        "n_features": round(sum(s.n_features for s in scores) / len(scores)),
-        "n_context": scores[0].n_context,
-        "n_graphs": len(scores),
-        "target_prob": _mean(probs),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+    return _record(row, scores, probs, round(time.perf_counter() - t0, 3))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,6 +254,7 @@ def score_run(
     device: str | None = None,
     limit: int | None = None,
     shard: tuple[int, int] | None = None,
+    first: Sequence[str] | None = None,
     overwrite: bool = False,
     save_every: int = 1,
     progress: bool = True,
@@ -226,7 +263,8 @@ def score_run(
 ) -> GroundednessSummary:
     """Score every trace of ``run`` that has a context (the first ``limit`` of them) and is not
     scored yet; see the module docstring. ``replacement_model`` skips loading one (it must be
-    the run's model with ``transcoders``).
+    the run's model with ``transcoders``). ``first``: trace ids scored before the others, in
+    that order (the answers a report needs first), applied before ``limit`` and ``shard``.
 
     Raises ``ValueError`` (nothing written) when the run has no context, the transcoder set is
     missing, or the stored scores were made with other settings; ``ImportError`` when
@@ -242,6 +280,15 @@ def score_run(
             f"{store.dir} (dataset {store.info.get('dataset')!r}) has no trace with a context "
             "span: Gctx needs a retrieved context (e.g. a HaluEval-QA run)"
         )
+    if first:
+        rank = {q: k for k, q in enumerate(first)}
+        unknown = [q for q in rank if q not in {r["question_id"] for r in rows}]
+        if unknown:
+            raise ValueError(
+                f"{len(unknown)} trace id(s) to score first are not traces with a context in "
+                f"{store.dir} (e.g. {unknown[0]!r})"
+            )
+        rows = sorted(rows, key=lambda r: rank.get(r["question_id"], len(rank)))  # stable
     if limit is not None:
         rows = rows[: max(int(limit), 0)]
     fname, in_main = SCORES_FILE, set()

@@ -207,6 +207,7 @@ class AttributionEngine:
         store.add(torch.full((n_logits,), n_layers), minus, torch.arange(n_logits), feats, et)
         clock("logit_rows_store")
         visited = torch.zeros(n_active, dtype=torch.bool)
+        order: list[torch.Tensor] = []
         n_visited = 0
         bar = tqdm(total=budget, desc="feature rows", unit="row", disable=not verbose)
         extra = None
@@ -220,6 +221,7 @@ class AttributionEngine:
                 pending = rank[~visited[rank]][:size]
                 clock("ranking")
             visited[pending] = True
+            order.append(pending)
             n_visited += len(pending)
             if n_visited == budget and budget * _NARROW_BELOW <= n_active:
                 # the last queue: nothing ranks these rows, the graph keeps only the
@@ -247,6 +249,7 @@ class AttributionEngine:
             vocab_size=int(self.tokenizer.vocab_size),
             cfg=self.cfg,
             scan=tc.scan,
+            selection_order=None if budget == n_active else torch.cat(order),
         )
 
     def _rows(

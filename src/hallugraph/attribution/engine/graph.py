@@ -12,7 +12,7 @@ Node order of ``adjacency_matrix`` (rows = targets, columns = sources), as circu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, NamedTuple
 
 import torch
@@ -82,6 +82,10 @@ class AttributionGraph:
     vocab_size: int
     cfg: GraphConfig
     scan: str | list[str] | None = None
+    selection_order: torch.Tensor | None = None
+    """The selected features (indices into ``active_features``) in the order the exploration
+    visited them (descending estimated influence within each ranking); ``None`` when every
+    active feature was taken without ranking. Not a circuit-tracer field."""
 
     @property
     def n_pos(self) -> int:
@@ -96,6 +100,32 @@ class AttributionGraph:
         self.active_features = self.active_features.to(device)
         self.logit_probabilities = self.logit_probabilities.to(device)
         return self
+
+    def prefix(self, n: int) -> AttributionGraph:
+        """The graph a run with ``max_feature_nodes=n`` would have built: the first ``n``
+        features of :attr:`selection_order` and the edges among the kept nodes.
+
+        Exact for any ``n`` up to this graph's budget, because the exploration is greedy: a run
+        with budget ``n`` ranks the same rows as this one and takes the same first ``n``
+        features (tested against separate runs). Sweeping node budgets then costs one run at
+        the largest budget instead of one run per budget."""
+        n_sel = len(self.selected_features)
+        if n >= n_sel:
+            return self
+        if n < 1:
+            raise ValueError(f"a graph needs at least one feature node, not {n}")
+        if self.selection_order is None or len(self.selection_order) != n_sel:
+            raise ValueError("this graph has no selection order (every feature was taken)")
+        keep = torch.sort(self.selection_order[:n]).values
+        pos = torch.searchsorted(self.selected_features, keep)
+        idx = torch.cat([pos, torch.arange(n_sel, len(self.adjacency_matrix))])
+        idx_dev = idx.to(self.adjacency_matrix.device)
+        return replace(
+            self,
+            selected_features=keep,
+            adjacency_matrix=self.adjacency_matrix[idx_dev][:, idx_dev],
+            selection_order=self.selection_order[:n],
+        )
 
     def to_circuit_tracer(self) -> Any:
         """The same graph as a ``circuit_tracer.graph.Graph`` (needs circuit-tracer)."""
