@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_groundedness(args)
         if args.command == "groundedness-eval":
-            from hallugraph.attribution.cli import run_groundedness_eval
+            from hallugraph.attribution.benchmark_cli import run_groundedness_eval
 
             return run_groundedness_eval(args)
         if args.command == "attribution":

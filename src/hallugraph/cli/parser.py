@@ -217,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--correction", choices=["holm", "bh"], default="holm")
     p.add_argument("--no-progress", action="store_true")
 
+    from hallugraph.attribution.benchmark_cli import add_groundedness_eval_parser
     from hallugraph.attribution.cli import (
         add_attribution_parser,
-        add_groundedness_eval_parser,
         add_groundedness_parser,
         add_transcoders_parser,
     )
