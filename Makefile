@@ -65,7 +65,7 @@ GROUNDEDNESS_OUT ?= runs/groundedness
 
 groundedness-eval: setup-attribution  ## issue 13: Groundedness on HaluEval-QA (extract, label, sweep, score, report into docs/benchmark; hours of CPU; resumable)
 	$(BIN)/hallugraph groundedness-eval $(GROUNDEDNESS_OUT) --report-dir docs/benchmark --processes 2 --threads 1 \
-	  --sweep-all-nodes 32,64 --sweep-max-answer-tokens 4 $(ARGS)
+	  --nodes 32,64,128,256 --sweep-all-nodes 32 --sweep-max-answer-tokens 4 $(ARGS)
 
 transcoders: setup  ## the documented transcoder set for SmolLM2-135M (~2 h on 2 cores; resumable; installs python3.11-doc, dict-gcide)
 	@test -d /usr/share/doc/python3.11/html/_sources -a -f /usr/share/dictd/gcide.dict.dz \
