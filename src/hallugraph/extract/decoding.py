@@ -9,8 +9,8 @@ for finished sequences that keep being decoded until the longest one ends. This 
   and starts every batch from its KV cache;
 * runs grouped-query attention without copying keys and values;
 * runs the linear layers on real rows only (no left padding, no finished sequence) and, on a
-  CPU in fp32, through oneDNN-packed weights (:func:`pack_weight`), much faster than the
-  default matmul with the few rows of a decode step;
+  CPU in fp32, through oneDNN-packed weights (:func:`hallugraph.extract.packing.pack_weight`),
+  much faster than the default matmul with the few rows of a decode step;
 * drops a sequence from the batch as soon as its final token has been fed (its KV cache rows
   are compacted away now and then);
 * records, as it goes, each position's hidden states (every layer) and attention row (every
@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from hallugraph.extract.packing import _pack_linears, packed_linear
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 
 
@@ -38,44 +40,6 @@ def supports(model: Any) -> bool:
     """Whether :class:`PrefixDecoder` can run this model."""
     quantized = getattr(model, "quantization_config", None) is not None
     return model.config.model_type in SUPPORTED_MODEL_TYPES and not quantized
-
-
-PACK_MAX_BYTES = 2 * 2**30
-
-
-def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
-    """A oneDNN-packed copy of a linear weight ``[out, in]`` (fp32, CPU), or None if this torch
-    build cannot pack it. Use it with :func:`packed_linear`.
-
-    With few rows per call, as in decoding, oneDNN's packed fp32 matmul is 1.4-3x faster here
-    than the default (MKL) path for these shapes, at fp32 accuracy.
-    """
-    if weight.device.type != "cpu" or weight.dtype != torch.float32:
-        return None
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 32)
-    except (RuntimeError, AttributeError):  # a torch build without these ops
-        return None
-
-
-def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ weight.T + bias`` with a weight packed by :func:`pack_weight`."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-
-
-def _pack_linears(model: Any) -> dict[int, torch.Tensor]:
-    """Packed copies of every linear layer's weight, by module id (see :func:`pack_weight`).
-
-    The copies cost the weights' size again, so models whose linear weights pass
-    ``PACK_MAX_BYTES`` (2 GiB), and other devices or dtypes, keep the default path.
-    """
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if sum(m.weight.numel() * m.weight.element_size() for m in linears) > PACK_MAX_BYTES:
-        return {}
-    packed = {id(m): pack_weight(m.weight) for m in linears}
-    return {} if any(v is None for v in packed.values()) else packed
 
 
 def token_stats(
