@@ -1,6 +1,8 @@
 """Extraction scaled out on Ray: 1 worker x 1 thread against 2 workers x 1 thread, one process.
 
-Both runs extract the same TriviaQA questions with the default model into fresh run folders,
+After an untimed warm-up (``--warmup`` other questions, 1 worker: the model file and the
+Python modules in the page cache for both timed runs alike), both runs extract the same
+TriviaQA questions with the default model into fresh run folders,
 on one local Ray started here (``--threads`` CPUs per worker, ``--workers`` workers at most),
 cut into units of ``--shard-size`` questions (several units per worker, so that the pool can
 balance them). Each time is the whole ``run_extract`` call: workers start and load the model,
@@ -67,13 +69,26 @@ def main() -> None:
     ap.add_argument("--gpus-per-worker", type=float, default=0.0)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--keep", default=None, help="keep the two runs in this folder")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=8,
+        help="first extract this many other questions with 1 worker, untimed (0: none), so "
+        "that neither timed run pays for a cold page cache (model file, Python modules)",
+    )
     args = ap.parse_args()
 
     ray = import_ray()
-    examples = load_dataset("triviaqa", data_dir=args.data_dir, num_samples=args.num_samples)
+    examples = load_dataset(
+        "triviaqa", data_dir=args.data_dir, num_samples=args.num_samples + args.warmup
+    )
+    warm, examples = examples[args.num_samples :], examples[: args.num_samples]
     ray.init(num_cpus=args.workers * args.threads, include_dashboard=False)
     root = Path(args.keep or tempfile.mkdtemp(prefix="hallugraph_distributed_"))
     try:
+        if warm:
+            seconds = timed_run(root / "warmup", 1, args, warm)
+            print(f"warm-up, {len(warm)} other questions, 1 worker (not compared): {seconds:.1f} s")
         times = {}
         for n in (1, args.workers):
             out = root / f"workers{n}"

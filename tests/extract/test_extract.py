@@ -166,8 +166,8 @@ def test_decoder_skips_padding_and_finished_rows(tiny_lm, tmp_path, monkeypatch)
     computed: list[tuple[int, int]] = []  # (rows computed, positions in the batch)
     forward = decoding.PrefixDecoder._forward
 
-    def counting(self, ids, pos, kv, T, key_mask, rows=None):
-        hs, at = forward(self, ids, pos, kv, T, key_mask, rows)
+    def counting(self, ids, pos, kv, T, key_mask, rows=None, own=None):
+        hs, at = forward(self, ids, pos, kv, T, key_mask, rows, own)
         computed.append((hs.shape[1], ids.numel()))
         return hs, at
 

@@ -9,8 +9,8 @@ for finished sequences that keep being decoded until the longest one ends. This 
   and starts every batch from its KV cache;
 * runs grouped-query attention without copying keys and values;
 * runs the linear layers on real rows only (no left padding, no finished sequence) and, on a
-  CPU in fp32, through oneDNN-packed weights (:func:`pack_weight`), much faster than the
-  default matmul with the few rows of a decode step;
+  CPU in fp32, through oneDNN-packed weights (:func:`hallugraph.extract.packing.pack_weight`),
+  much faster than the default matmul with the few rows of a decode step;
 * drops a sequence from the batch as soon as its final token has been fed (its KV cache rows
   are compacted away now and then);
 * records, as it goes, each position's hidden states (every layer) and attention row (every
@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from hallugraph.extract.packing import _pack_linears, packed_linear
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 
 
@@ -38,44 +40,6 @@ def supports(model: Any) -> bool:
     """Whether :class:`PrefixDecoder` can run this model."""
     quantized = getattr(model, "quantization_config", None) is not None
     return model.config.model_type in SUPPORTED_MODEL_TYPES and not quantized
-
-
-PACK_MAX_BYTES = 2 * 2**30
-
-
-def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
-    """A oneDNN-packed copy of a linear weight ``[out, in]`` (fp32, CPU), or None if this torch
-    build cannot pack it. Use it with :func:`packed_linear`.
-
-    With few rows per call, as in decoding, oneDNN's packed fp32 matmul is 1.4-3x faster here
-    than the default (MKL) path for these shapes, at fp32 accuracy.
-    """
-    if weight.device.type != "cpu" or weight.dtype != torch.float32:
-        return None
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 32)
-    except (RuntimeError, AttributeError):  # a torch build without these ops
-        return None
-
-
-def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ weight.T + bias`` with a weight packed by :func:`pack_weight`."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-
-
-def _pack_linears(model: Any) -> dict[int, torch.Tensor]:
-    """Packed copies of every linear layer's weight, by module id (see :func:`pack_weight`).
-
-    The copies cost the weights' size again, so models whose linear weights pass
-    ``PACK_MAX_BYTES`` (2 GiB), and other devices or dtypes, keep the default path.
-    """
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if sum(m.weight.numel() * m.weight.element_size() for m in linears) > PACK_MAX_BYTES:
-        return {}
-    packed = {id(m): pack_weight(m.weight) for m in linears}
-    return {} if any(v is None for v in packed.values()) else packed
 
 
 def token_stats(
@@ -91,13 +55,21 @@ def token_stats(
     return tok.tolist(), lp.float().tolist(), ent.float().tolist()
 
 
-def _own_rows(at: torch.Tensor, key_mask: torch.Tensor, b: int, s: int, p: int) -> torch.Tensor:
-    """Sequence ``b``'s last ``s`` attention rows of a pass, unpadded and packed as rows
-    ``p..p+s-1`` of its lower triangle: ``[L, heads, tril(p+s) - tril(p)]``."""
-    width = at.shape[3]
-    block = at[:, b, :, width - s :][..., key_mask[b]]  # [L, heads, s, p+s]
-    r, c = torch.meshgrid(torch.arange(s), torch.arange(p + s), indexing="ij")
-    return block[..., (c <= r + p).to(block.device)]
+def _own_index(key_mask: torch.Tensor, lens: Sequence[int], p: int) -> list[torch.Tensor]:
+    """For each sequence ``b`` of a left-padded pass (``key_mask [B, p+width]``, ``lens[b]``
+    tokens after the ``p`` cached ones): the flat indices, into one head's ``[width, p+width]``
+    attention plane, of its own last ``s`` rows, unpadded and packed as rows ``p..p+s-1`` of
+    its lower triangle (row after row). Gathering them layer by layer keeps only what is
+    stored, never the padded maps of every layer (issue 16: one long prompt padded a whole
+    batch)."""
+    width = key_mask.shape[1] - p
+    out = []
+    for b, s in enumerate(lens):
+        keys = key_mask[b].nonzero()[:, 0].cpu()  # the p+s real key positions
+        r, c = torch.meshgrid(torch.arange(s), torch.arange(p + s), indexing="ij")
+        flat = (width - s + r) * (p + width) + keys[c]
+        out.append(flat[c <= r + p].to(key_mask.device))
+    return out
 
 
 @dataclass
@@ -171,7 +143,7 @@ class PrefixDecoder:
 
     def _first_pass(
         self, suffixes: Sequence[Sequence[int]], room: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run every sequence's tokens after the prefix in one pass from the prefix's cache.
 
         The suffixes are left-padded to a common width; padding rows are never computed.
@@ -197,7 +169,8 @@ class PrefixDecoder:
         kv = self._new_cache(B, p + width + room)
         if self.prefix_kv is not None:
             kv[..., :p, :] = self.prefix_kv
-        hs, at = self._forward(ids, pos, kv, p, key_mask, real.to(self.device))
+        own = _own_index(key_mask, lens, p)
+        hs, at = self._forward(ids, pos, kv, p, key_mask, real.to(self.device), own)
         return hs, at, kv, key_mask, pos
 
     def _new_cache(self, batch: int, length: int) -> torch.Tensor:
@@ -213,7 +186,8 @@ class PrefixDecoder:
         T: int,
         key_mask: torch.Tensor,
         rows: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        own: Sequence[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, Any]:
         """Run ``ids [B, n]`` at positions ``pos`` after the ``T`` keys cached in ``kv``.
 
         Writes the new keys/values into ``kv[..., T:T+n, :]`` in place. ``key_mask [B, T+n]``
@@ -223,7 +197,9 @@ class PrefixDecoder:
         zero queries, keys and values, and their keys are masked. Returns hidden states
         ``[L+1, R, H]`` of the computed rows (all ``B*n`` when ``rows`` is None, in that
         order; transformers' convention: the last one after the final norm) and attention
-        ``[L, B, heads, n, T+n]``.
+        ``[L, B, heads, n, T+n]`` or, given ``own`` (flat indices into a head's ``[n, T+n]``
+        plane, one tensor per sequence), only those cells: ``[L, heads, len(own[b])]`` per
+        sequence, gathered layer by layer (the padded maps of a long pass are never all held).
         """
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
@@ -246,8 +222,10 @@ class PrefixDecoder:
         bias.masked_fill_(~allowed, torch.finfo(torch.float32).min)
         bias = bias[:, None]  # [B, 1, n, T+n]
         G = self.Hq // self.Hkv
-        hiddens = [h]
+        hiddens = h.new_empty((self.L + 1, *h.shape))  # filled layer by layer: no stacked copy
+        hiddens[0] = h
         attns = []
+        kept = [torch.empty((self.L, self.Hq, len(ix)), device=self.device) for ix in own or ()]
         lin = self._linear
         for i, layer in enumerate(self.base.layers):
             att = layer.self_attn
@@ -263,19 +241,25 @@ class PrefixDecoder:
             K, V = kv[i, 0, :, :, : T + n], kv[i, 1, :, :, : T + n]
             # grouped-query attention without repeating K/V: query head h uses kv head h // G
             qg = q.reshape(B, self.Hkv, G * n, self.D)
-            scores = torch.matmul(qg, K.transpose(-1, -2)).view(B, self.Hq, n, T + n)
-            scores = scores.float() * self.scaling + bias
+            scores = torch.matmul(qg, K.transpose(-1, -2)).view(B, self.Hq, n, T + n).float()
+            scores.mul_(self.scaling).add_(bias)  # in place: one layer's maps alive, not three
             probs = torch.softmax(scores, dim=-1)
-            attns.append(probs)
+            del scores
+            if own is None:
+                attns.append(probs)
+            else:
+                for b, ix in enumerate(own):
+                    kept[b][i] = probs[b].view(self.Hq, n * (T + n)).index_select(-1, ix)
             out = torch.matmul(probs.to(V.dtype).view(B, self.Hkv, G * n, T + n), V)
+            del probs  # not held while the next layer's scores are computed
             out = out.view(B, self.Hq, n, self.D).transpose(1, 2).reshape(B * n, self.Hq * self.D)
             if rows is not None:
                 out = out.index_select(0, rows)
             h = h + lin(att.o_proj, out)
             h = h + self._mlp(layer.mlp, layer.post_attention_layernorm(h))
-            hiddens.append(h)
+            hiddens[i + 1] = h
         hiddens[-1] = self.base.norm(h)
-        return torch.stack(hiddens), torch.stack(attns)
+        return hiddens, (kept if own is not None else torch.stack(attns))
 
     @torch.inference_mode()
     def decode(
@@ -300,13 +284,13 @@ class PrefixDecoder:
         eos = set(int(e) for e in eos_ids)
         B = len(rows)
         lens = [len(r.suffix) for r in rows]
-        hs, at, kv, key_mask, pos = self._first_pass([r.suffix for r in rows], max_new_tokens + 1)
+        hs, own, kv, key_mask, pos = self._first_pass([r.suffix for r in rows], max_new_tokens + 1)
         T = p + max(lens)
         ends = torch.tensor(lens).cumsum(0)
         for b, r in enumerate(rows):
             if record:
                 r.hidden.append(hs[:, int(ends[b]) - lens[b] : int(ends[b])])
-                r.attn.append(_own_rows(at, key_mask, b, lens[b], p))
+                r.attn.append(own[b])
         next_pos = pos[:, -1] + 1
         chosen = self._choose(hs[-1][(ends - 1).to(self.device)], rows)
         slots: list[int | None] = list(range(B))  # batch slot -> row (None: finished)
@@ -367,7 +351,7 @@ class PrefixDecoder:
             if list(seq[:p]) != self.prefix or not p < plen <= len(seq):
                 raise ValueError("every sequence must start with the prefix, its prompt beyond it")
         lens = [len(s) - p for s in sequences]
-        hs, at, _, key_mask, _ = self._first_pass([s[p:] for s in sequences], 0)
+        hs, own, _, _, _ = self._first_pass([s[p:] for s in sequences], 0)
         out = []
         end = 0
         for b, (seq, s, plen) in enumerate(zip(sequences, lens, prompt_lens, strict=True)):
@@ -379,8 +363,7 @@ class PrefixDecoder:
                 self.model.lm_head, hidden[-1, plen - 1 - p : plen - 1 - p + len(answer)]
             )
             _, lp, ent = token_stats(logits, torch.tensor(answer, dtype=torch.long))
-            packed = _own_rows(at, key_mask, b, s, p)
-            out.append(Decoded(answer, False, hidden.float().cpu(), packed.float().cpu(), lp, ent))
+            out.append(Decoded(answer, False, hidden.float().cpu(), own[b].float().cpu(), lp, ent))
         return out
 
     def _choose(self, last_hidden: torch.Tensor, rows: Sequence[_Row]) -> list[int]:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hallugraph.extract.decoding import PACK_MAX_BYTES, pack_weight, packed_linear
+from hallugraph.extract.packing import PACK_MAX_BYTES, pack_weight, packed_linear
 from hallugraph.store.integrity import StoreError
 
 CODEC_VERSION = 1

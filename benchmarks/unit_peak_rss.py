@@ -1,0 +1,48 @@
+"""Peak RSS of one unit of a long run, extracted on its own (issue 16).
+
+A run's peak RSS is the peak of its heaviest unit: a process holds one unit at a time. This
+script extracts only unit ``--unit`` (``--shard-size`` questions) of the first
+``--num-samples`` TriviaQA questions, with ``--keep-tensors no`` as in the issue's command,
+and prints the process's peak RSS (``VmHWM``). Unit 5 of the first 1,000 holds the longest
+prompt of those 1,000 (162 tokens; the 31 others of its batch have 64 to 88): comparing
+it with a run of 100 questions (units 0 and 1) tells whether the peak depends on the run's
+length or only on what one unit holds.
+
+    /usr/bin/time -v .venv/bin/python benchmarks/unit_peak_rss.py --unit 5 --out /tmp/u5
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from hallugraph.config import cpu_name
+from hallugraph.data import load_dataset
+from hallugraph.pipeline import run_extract
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--unit", type=int, default=5)
+    ap.add_argument("--num-samples", type=int, default=1000)
+    ap.add_argument("--shard-size", type=int, default=64)
+    ap.add_argument("--out", required=True, help="a new run folder")
+    args = ap.parse_args()
+    k, n = args.unit, args.shard_size
+    examples = load_dataset("triviaqa", num_samples=args.num_samples)[n * k : n * (k + 1)]
+    run_extract(
+        model="smollm2_135M",
+        dataset="triviaqa",
+        out=args.out,
+        examples=examples,
+        shard_size=n,
+        keep_tensors=False,
+        progress=False,
+    )
+    with open("/proc/self/status") as fh:
+        hwm = next(int(ln.split()[1]) for ln in fh if ln.startswith("VmHWM:"))
+    print(f"CPU: {cpu_name()}; unit {k} of the first {args.num_samples} TriviaQA questions")
+    print(f"peak_rss_kB={hwm}")
+
+
+if __name__ == "__main__":
+    main()
