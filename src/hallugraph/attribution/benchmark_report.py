@@ -142,13 +142,14 @@ def baseline_scores(out: Path, run: str, t: dict[str, np.ndarray]) -> dict[str, 
     from hallugraph.features import FeatureTable
 
     X = FeatureTable.from_run(out / run)
-    train, te = t["split"] == "train", np.flatnonzero(t["split"] == "test")
+    train, test = t["split"] == "train", t["split"] == "test"
     res: dict[str, np.ndarray] = {}
     names = (*BASELINES, "groundedness_lr")
     for name in names:
         s = np.full(len(t["id"]), np.nan)
-        # groundedness_lr on the scored train answers only (all of them once scoring is done)
-        tr = np.flatnonzero(train & t["scored"] if name == "groundedness_lr" else train)
+        # groundedness_lr on the scored answers only (all of them once scoring is done)
+        own = t["scored"] if name == "groundedness_lr" else np.ones(len(t["id"]), dtype=bool)
+        tr, te = np.flatnonzero(train & own), np.flatnonzero(test & own)
         try:
             det = get_detector(name).fit(X[tr], t["label"][tr])
             s[te] = det.predict_proba(X[te])
