@@ -300,12 +300,8 @@ def reuse_sweep(cfg: EvalConfig, nodes: int, targets: str) -> int:
     ``halueval_qa_tf``, cut from the sweep's largest graph: the graphs of separate runs, to
     rounding) into that run's scores, marked ``from_sweep``; returns how many. Nothing is
     copied into scores made with other settings."""
-    from hallugraph.attribution.settings import (
-        MATCHING,
-        AttributionSettings,
-        resolve_transcoders,
-        transcoders_digest,
-    )
+    from hallugraph.attribution.run import stored_settings
+    from hallugraph.attribution.settings import MATCHING, AttributionSettings, resolve_transcoders
     from hallugraph.attribution.sweep_worker import load_sweep, setting_key
     from hallugraph.features.groundedness import read_scores, write_scores
 
@@ -319,12 +315,7 @@ def reuse_sweep(cfg: EvalConfig, nodes: int, targets: str) -> int:
         targets=targets,
         max_answer_tokens=cfg.sweep_max_answer_tokens if targets == "all" else None,
     )
-    settings = {
-        **st.to_dict(),
-        "transcoders": str(tdir),
-        "transcoders_digest": transcoders_digest(tdir),
-        "exclude_positions": [0],
-    }
+    settings = stored_settings(st, tdir)
     run = out / RUNS[0]
     payload = read_scores(run)
     old = payload["settings"] or {}

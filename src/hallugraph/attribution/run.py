@@ -177,6 +177,16 @@ def _record(
     }
 
 
+def stored_settings(settings: AttributionSettings, tdir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``settings`` entry of a scores file made with ``settings`` and the set ``tdir``."""
+    return {
+        **settings.to_dict(),
+        "transcoders": str(tdir),
+        "transcoders_digest": transcoders_digest(tdir),
+        "exclude_positions": [0],
+    }
+
+
 def _mean(values: Sequence[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else float("nan")
@@ -282,7 +292,8 @@ def score_run(
         )
     if first:
         rank = {q: k for k, q in enumerate(first)}
-        unknown = [q for q in rank if q not in {r["question_id"] for r in rows}]
+        known = {r["question_id"] for r in rows}
+        unknown = [q for q in rank if q not in known]
         if unknown:
             raise ValueError(
                 f"{len(unknown)} trace id(s) to score first are not traces with a context in "
@@ -301,12 +312,7 @@ def score_run(
     tdir = resolve_transcoders(transcoders, str(store.info.get("model", "")))
     path = scores_path(store.dir, fname)
     payload = read_scores(store.dir, fname)
-    new_settings = {
-        **settings.to_dict(),
-        "transcoders": str(tdir),
-        "transcoders_digest": transcoders_digest(tdir),
-        "exclude_positions": [0],
-    }
+    new_settings = stored_settings(settings, tdir)
     if overwrite:
         payload["scores"] = {}
     _check_settings(payload.get("settings"), new_settings, len(payload["scores"]), path)
