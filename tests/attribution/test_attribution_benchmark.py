@@ -11,34 +11,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from hallugraph.attribution import benchmark_report as rep
 from hallugraph.attribution.benchmark import EvalConfig, choose_setting, run_eval
-from hallugraph.attribution.transcoders import random_transcoder_set
 from hallugraph.cli import main
 from hallugraph.detectors import groundedness as gdet
 from hallugraph.features.groundedness import read_scores, write_scores
 
 NODES = 8
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_set(tiny_lm, tmp_path_factory):
-    root = tmp_path_factory.mktemp("gbench")
-    model_dir = root / "tiny-llama"
-    tiny_lm.model.save_pretrained(model_dir)
-    tiny_lm.tokenizer.save_pretrained(model_dir)
-    tdir = random_transcoder_set(root / "tc", 2, 32, 48, jumprelu_layers=(1,), scan="tiny-tc")
-    return model_dir, tdir
 
 
 def test_knee_rule():
@@ -130,19 +110,19 @@ def test_alpha_t_on_validation_only_and_the_schema(tmp_path, monkeypatch):
     assert (out / "groundedness_distributions.png").stat().st_size > 1000
 
 
-def _tiny_args(run, tiny_set, *extra):
-    model_dir, tdir = tiny_set
+def _tiny_args(run, tiny_ct, *extra):
+    model_dir, tdir = tiny_ct
     return ["groundedness", str(run), "--transcoders", str(tdir), "--model", str(model_dir)]
 
 
-def test_shards_merge_to_the_single_process_scores(tiny_run, tiny_set, tmp_path, capsys):
+def test_shards_merge_to_the_single_process_scores(tiny_run, tiny_ct, tmp_path, capsys):
     one, two = tmp_path / "one", tmp_path / "two"
     shutil.copytree(tiny_run, one)
     shutil.copytree(tiny_run, two)
     common = ["--max-feature-nodes", str(NODES), "--device", "cpu", "--no-progress"]
-    assert main([*_tiny_args(one, tiny_set), *common, "--limit", "5"]) == 0
+    assert main([*_tiny_args(one, tiny_ct), *common, "--limit", "5"]) == 0
     for k in (0, 1):
-        assert main([*_tiny_args(two, tiny_set), *common, "--limit", "5", "--shard", f"{k}/2"]) == 0
+        assert main([*_tiny_args(two, tiny_ct), *common, "--limit", "5", "--shard", f"{k}/2"]) == 0
     assert read_scores(two)["scores"] == {}
     assert main(["groundedness", str(two), "--merge", "2"]) == 0
     a, b = read_scores(one), read_scores(two)
@@ -150,10 +130,10 @@ def test_shards_merge_to_the_single_process_scores(tiny_run, tiny_set, tmp_path,
     for q, rec in a["scores"].items():
         for c in ("gctx", "rs", "cs"):
             assert b["scores"][q][c] == pytest.approx(rec[c], rel=1e-5, abs=1e-7, nan_ok=True)
-    assert main([*_tiny_args(two, tiny_set), *common, "--shard", "2/2"]) == 2  # K out of range
+    assert main([*_tiny_args(two, tiny_ct), *common, "--shard", "2/2"]) == 2  # K out of range
 
 
-def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_set, tmp_path, monkeypatch):
+def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_ct, tmp_path, monkeypatch):
     from hallugraph.attribution import benchmark as bm
 
     def fake_extract(cfg):  # the tiny run stands for both HaluEval runs
@@ -162,7 +142,7 @@ def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_set, tmp_path, monkeypat
                 shutil.copytree(tiny_run, tmp_path / "w" / r)
 
     monkeypatch.setattr(bm, "extract", fake_extract)
-    model_dir, tdir = tiny_set
+    model_dir, tdir = tiny_ct
     cfg = EvalConfig(
         out=str(tmp_path / "w"),
         transcoders=str(tdir),

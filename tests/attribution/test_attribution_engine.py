@@ -19,14 +19,6 @@ from hallugraph.attribution.transcoders import write_transcoder_set
 PROMPT = "Context: Arthur's Magazine was an American literary periodical. Question: Who? Paris"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _layers(n_layers, d, width, *, seed, jumprelu=(), skip=False, duplicate=False, bias=0.0):
     g = torch.Generator().manual_seed(seed)
     out = []

@@ -30,7 +30,6 @@ from hallugraph.attribution.tracer import (  # noqa: E402
     attribution_tokens,
     load_replacement_model,
 )
-from hallugraph.attribution.transcoders import random_transcoder_set  # noqa: E402
 from hallugraph.cli import main  # noqa: E402
 from hallugraph.features import FeatureTable  # noqa: E402
 from hallugraph.features.groundedness import read_scores, scores_path  # noqa: E402
@@ -39,25 +38,6 @@ from hallugraph.store import TraceStore
 from hallugraph.store.layout import MANIFEST, read_manifest
 
 NODES = 16
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_ct(tiny_lm, tmp_path_factory):
-    """``(model_dir, transcoders_dir)``: the tiny Llama saved, random transcoders beside it."""
-    root = tmp_path_factory.mktemp("gr")
-    model_dir = root / "tiny-llama"
-    tiny_lm.model.save_pretrained(model_dir)
-    tiny_lm.tokenizer.save_pretrained(model_dir)
-    tdir = random_transcoder_set(root / "tc", 2, 32, 48, jumprelu_layers=(1,), scan="tiny-tc")
-    return model_dir, tdir
 
 
 @pytest.fixture(scope="module")

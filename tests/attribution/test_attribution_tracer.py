@@ -14,28 +14,13 @@ from hallugraph.attribution.tracer import (  # noqa: E402
     attribution_tokens,
     load_replacement_model,
 )
-from hallugraph.attribution.transcoders import random_transcoder_set  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny_setup(tiny_lm, tmp_path_factory):
-    root = tmp_path_factory.mktemp("ct")
-    model_dir = root / "tiny-llama"
-    tiny_lm.model.save_pretrained(model_dir)
-    tiny_lm.tokenizer.save_pretrained(model_dir)
-    # d = 32, 48 features, layer 1 JumpReLU
-    random_transcoder_set(
-        root / "cache" / "tiny-tc", tiny_lm.num_layers, 32, 48, jumprelu_layers=(1,), scan="tiny-tc"
-    )
-    return model_dir, root / "cache"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture
+def tiny_setup(tiny_ct):
+    """``(model_dir, cache_dir)``: the cache dir holds the set as ``tiny-tc``."""
+    model_dir, tdir = tiny_ct
+    return model_dir, tdir.parent
 
 
 def _prompt(tok):

@@ -51,15 +51,6 @@ CFG = TrainConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Single-threaded, and the previous setting restored for the rest of the suite."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _corpus(tok) -> Corpus:
     seqs = [tok(t, add_special_tokens=False)["input_ids"][:32] for t in TEXTS]
     starts = np.zeros(len(seqs) + 1, dtype=np.int64)
