@@ -35,12 +35,15 @@ class _Peak:
 @pytest.fixture
 def fixed_cost(monkeypatch):
     """Cost columns made deterministic (every timed span 0.5 s, every fit 1 MB), so files of
-    two evaluations can be compared byte for byte."""
+    two evaluations can be compared byte for byte; no PNGs (they are tested elsewhere)."""
     import hallugraph.evaluation.cv as cv
 
     clock = iter(x * 0.5 for x in range(10**9))
-    monkeypatch.setattr(cv, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    fake = types.SimpleNamespace(perf_counter=lambda: next(clock), process_time=lambda: 0.0)
+    monkeypatch.setattr(cv, "time", fake)
     monkeypatch.setattr(cv, "PeakRSS", _Peak)
+    for plot in ("plot_roc", "plot_length_bins", "plot_family_weights"):  # PNGs: not compared
+        monkeypatch.setattr(f"hallugraph.evaluation.plots.{plot}", lambda rep, ds, path: path)
 
 
 def _rewrite(run: Path, fn) -> None:
@@ -74,7 +77,7 @@ def two_runs(tiny_run, tmp_path):
 def _eval(runs, out, detectors=None, **kw):
     dets = detectors or [
         "perplexity",
-        "saplma_lr",
+        "llmcheck_attn_lr",
         get_detector("fusion", bases=("perplexity", "min_logprob")),
     ]
     kw = {"folds": 3, "repeats": 2, "bootstrap": 30, "progress": False, **kw}
@@ -121,25 +124,28 @@ def test_interrupted_evaluation_resumes_to_the_same_files(
     assert n_cells == 2 * 3 * 6 + 3 * 4 and _count(whole, "computed") == n_cells
     out = tmp_path / "resumed"
     with monkeypatch.context() as m:  # killed during A's cross-validation
-        _break_fit(m, "saplma_lr", at=3)
+        _break_fit(m, "llmcheck_attn_lr", at=3)
         with pytest.raises(KeyboardInterrupt):
             _eval(two_runs, out)
     first = _cells(out)
     assert 0 < len(first) < n_cells and not (out / "results.json").exists()
     with monkeypatch.context() as m:  # killed again, later: in the leave-one-out cells
-        _break_fit(m, "saplma_lr", at=13)
+        _break_fit(m, "llmcheck_attn_lr", at=13)
         with pytest.raises(KeyboardInterrupt):
             _eval(two_runs, out)
     second = _cells(out)
     assert len(first) < len(second) < n_cells
     assert all(second[k] == v for k, v in first.items())  # read, not rewritten
     # the 13th fit reached leave-A-out: the 2 cells of the first try were read, not refitted
-    assert "transfer/saplma_lr/B.json" in second and "lodo/saplma_lr/A.json" not in second
-    calls = _break_fit(monkeypatch, "saplma_lr", at=0)  # counts only
+    assert (
+        "transfer/llmcheck_attn_lr/B.json" in second
+        and "lodo/llmcheck_attn_lr/A.json" not in second
+    )
+    calls = _break_fit(monkeypatch, "llmcheck_attn_lr", at=0)  # counts only
     again = _eval(two_runs, out)
     assert _count(again, "read") == len(second)
     assert _count(again, "computed") == n_cells - len(second)
-    assert len(calls) == 2  # saplma_lr: leave-A-out and leave-B-out only
+    assert len(calls) == 2  # llmcheck_attn_lr: leave-A-out and leave-B-out only
     assert _outputs(out) == _outputs(tmp_path / "whole")
     assert _cells(out) == _cells(tmp_path / "whole")
     # and once more: everything read, nothing fitted, same files
@@ -153,14 +159,14 @@ def test_a_changed_parameter_or_label_recomputes_the_cells_it_affects(
     two_runs, tmp_path, fixed_cost, caplog
 ):
     out = tmp_path / "e"
-    _eval(two_runs, out, ["perplexity", "saplma_lr"])
+    _eval(two_runs, out, ["perplexity", "llmcheck_attn_lr"], repeats=1)
     before = _cells(out)
-    # another C for saplma_lr: its cells, and only its, are recomputed
+    # another C for llmcheck_attn_lr: its cells, and only its, are recomputed
     with caplog.at_level(logging.INFO, logger="hallugraph.evaluation.cells"):
-        _eval(two_runs, out, ["perplexity", get_detector("saplma_lr", C=0.5)])
+        _eval(two_runs, out, ["perplexity", get_detector("llmcheck_attn_lr", C=0.5)], repeats=1)
     after = _cells(out)
     changed = {k for k in before if before[k] != after[k]}
-    assert changed == {k for k in before if "saplma_lr" in k}
+    assert changed == {k for k in before if "llmcheck_attn_lr" in k}
     assert "detector changed" in caplog.text
     # one label of run A changes: A's cross-validation, what is trained on A (transfer from A,
     # leave-B-out) is recomputed; B's cross-validation, transfer from B and leave-A-out (they
@@ -168,18 +174,21 @@ def test_a_changed_parameter_or_label_recomputes_the_cells_it_affects(
     _rewrite(two_runs[0], lambda i, r: r.update(label=1 - r["label"]) if i == 4 else None)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="hallugraph.evaluation.cells"):
-        resumed = _eval(two_runs, out, ["perplexity", get_detector("saplma_lr", C=0.5)])
+        resumed = _eval(
+            two_runs, out, ["perplexity", get_detector("llmcheck_attn_lr", C=0.5)], repeats=1
+        )
     last = _cells(out)
     changed = {k for k in last if last[k] != after[k]}
     expected = {k for k in last if k.startswith("cv/A/")}
-    for d in ("perplexity", "saplma_lr"):
+    for d in ("perplexity", "llmcheck_attn_lr"):
         expected |= {f"transfer/{d}/A.json", f"lodo/{d}/B.json"}
     assert changed == expected
     assert "run changed" in caplog.text and "train changed" in caplog.text
     assert _count(resumed, "stale") == len(expected)
     # the same files as a fresh evaluation of the changed data
-    _eval(two_runs, tmp_path / "fresh", ["perplexity", get_detector("saplma_lr", C=0.5)])
-    assert _outputs(out) == _outputs(tmp_path / "fresh")
+    fresh = tmp_path / "fresh"
+    _eval(two_runs, fresh, ["perplexity", get_detector("llmcheck_attn_lr", C=0.5)], repeats=1)
+    assert _outputs(out) == _outputs(fresh)
 
 
 def test_a_damaged_cell_is_recomputed_with_a_warning_naming_it(

@@ -258,10 +258,12 @@ class FoldResult:
 
 def _fold(run: Run, spec: Any, seed: int, r: int, k: int, te: np.ndarray) -> dict[str, Any]:
     """Fit on the fold's inner training rows, threshold on its validation rows, score its test
-    rows: the cell's result."""
+    rows: the cell's result (with its cost: wall seconds of the fit and of the scoring, the
+    fit's peak memory, and ``cpu_s``, the process's CPU seconds for both, every thread)."""
     fit_idx, val_idx = run.inner[(r, k)]
     seed_globals(seed)
     det = instantiate(spec, seed)
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     with PeakRSS() as peak:
         det.fit(run.table[fit_idx], run.y[fit_idx])
@@ -270,6 +272,7 @@ def _fold(run: Run, spec: Any, seed: int, r: int, k: int, te: np.ndarray) -> dic
     s_val = scores(det, run.table[val_idx]) if len(val_idx) else np.zeros(0)
     s_te = scores(det, run.table[te])
     predict_s = time.perf_counter() - t0
+    cpu_s = time.process_time() - cpu0
     threshold, note = choose_threshold(run.y[val_idx], s_val)
     fw = getattr(det, "family_weights_", None)
     return {
@@ -279,6 +282,7 @@ def _fold(run: Run, spec: Any, seed: int, r: int, k: int, te: np.ndarray) -> dic
         "fit_s": fit_s,
         "fit_peak_mb": peak.extra_mb,
         "predict_s": predict_s,
+        "cpu_s": cpu_s,
         "family_weights": {str(f): float(w) for f, w in fw.items()}
         if isinstance(fw, dict)
         else None,
