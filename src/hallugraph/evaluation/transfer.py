@@ -48,7 +48,9 @@ def _score_cells(row: dict[str, Any], s: np.ndarray, y: np.ndarray, W: Any) -> N
 
 
 class Unseen:
-    """``[a][b]``: indices of run ``b``'s traces whose question run ``a`` does not hold."""
+    """``idx[a, b]``: indices of run ``b``'s traces whose question run ``a`` does not hold;
+    ``ids[a, b]`` their digest (:func:`~hallugraph.evaluation.cells.rows_id`), ``ids[b, b]``
+    that of all of run ``b``'s traces (the cells' keys)."""
 
     def __init__(self, runs: Sequence[Run]) -> None:
         rows = [r.table.rows for r in runs]
@@ -58,10 +60,12 @@ class Unseen:
             for j in range(len(runs))
             if i != j
         }
-
-
-def _rows_of(run: Run, idx: np.ndarray) -> str:
-    return rows_id(run.labeled[idx], [run.table.rows[i] for i in idx])
+        self.ids = {
+            (i, j): rows_id(runs[j].labeled[k], [rows[j][t] for t in k])
+            for (i, j), k in self.idx.items()
+        }
+        for j, r in enumerate(runs):
+            self.ids[(j, j)] = rows_id(r.labeled, rows[j])
 
 
 def transfer_cell(
@@ -77,7 +81,7 @@ def transfer_cell(
         {
             "dataset": b.name,
             "data": b.identity.get("data", ""),
-            "rows": _rows_of(b, unseen_idx.idx[(i, j)]),
+            "rows": unseen_idx.ids[(i, j)],
         }
         for j, b in enumerate(runs)
         if j != i
@@ -208,7 +212,7 @@ def lodo_cell(
         {
             "dataset": runs[i].name,
             **runs[i].identity,
-            "rows": _rows_of(runs[i], unseen_idx.idx[(j, i)]),
+            "rows": unseen_idx.ids[(j, i)],
         }
         for i in range(len(runs))
         if i != j
@@ -223,7 +227,7 @@ def lodo_cell(
         "train": train,
         "test": {
             "data": left.identity.get("data", ""),
-            "rows": _rows_of(left, np.arange(len(left.y))),
+            "rows": unseen_idx.ids[(j, j)],
         },
     }
     return store.path("lodo", ident["name"], left.name), parts
