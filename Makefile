@@ -50,7 +50,7 @@ FOLDS   ?= 5
 REPEATS ?= 3
 TABLE   ?= docs/benchmark
 
-benchmark-table: setup  ## docs/benchmark/: extract, label, then 5x3 cross-validation, transfer and leave-one-dataset-out of every detector and the fusion (several hours on 2 cores: CHARM's fits dominate)
+benchmark-table: setup  ## docs/benchmark/: extract, label, then 5x3 cross-validation, transfer and leave-one-dataset-out of every detector and the fusion (tens of CPU-hours: CHARM's and the fusion's fits dominate; resumable: run it again)
 	$(BIN)/hallugraph extract --dataset triviaqa --num-samples 5000 --out $(BENCH)/triviaqa --keep-tensors $(KEEP)
 	$(BIN)/hallugraph extract --dataset truthfulqa --out $(BENCH)/truthfulqa --keep-tensors $(KEEP)
 	$(BIN)/hallugraph extract --dataset halueval_qa_tf --out $(BENCH)/halueval_qa_tf --keep-tensors $(KEEP)

@@ -381,7 +381,7 @@ def test_length_matched_auroc_ignores_what_length_explains():
 def test_outputs_are_atomic_and_results_json_is_written_last(tiny_run, tmp_path, monkeypatch):
     out = tmp_path / "e"
     evaluate([tiny_run], ["perplexity"], out_dir=out, bootstrap=20, progress=False)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
     def killed(report, dataset, path):  # the process dies while the PNG is being written
         path.with_name(f".{path.name}.999.0.tmp").write_bytes(b"")
@@ -391,7 +391,8 @@ def test_outputs_are_atomic_and_results_json_is_written_last(tiny_run, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         evaluate([tiny_run], ["perplexity"], out_dir=out, seed=3, bootstrap=20, progress=False)
     # no 0-byte file; results.json (and the PNG) are still the complete previous ones
-    assert all(p.stat().st_size > 0 for p in out.iterdir() if not p.name.endswith(".tmp"))
+    files = [p for p in out.iterdir() if p.is_file() and not p.name.endswith(".tmp")]
+    assert all(p.stat().st_size > 0 for p in files)
     assert (out / "results.json").read_bytes() == before["results.json"]
     png = next(n for n in before if n.endswith(".png"))
     assert (out / png).read_bytes() == before[png]

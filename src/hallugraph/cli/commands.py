@@ -156,7 +156,7 @@ def cmd_evaluate(args: argparse.Namespace, runs: Sequence[str], out: str | None)
         progress=not args.no_progress,
     )
     print(report.to_markdown())
-    print(f"\nTable, CSV/JSON and plots in {out_dir}")
+    print(f"\nTable, CSV/JSON and plots in {out_dir}; {report.cells}")
     failed = report.failed_everywhere()
     if failed:
         print(

@@ -186,10 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", action="store_true", help="then delete the raw tensors")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("evaluate", help="benchmark every detector on labeled runs")
+    p = sub.add_parser(
+        "evaluate", help="benchmark every detector on labeled runs (resumable: run it again)"
+    )
     p.add_argument("runs", nargs="+", help="labeled run directories (one per dataset)")
     p.add_argument("--detectors", default=None, help="comma-separated names (default: all)")
-    p.add_argument("--out", default=None, help="folder for the table, CSV/JSON, scores and plots")
+    p.add_argument(
+        "--out", default=None, help="folder for the table, CSV/JSON, scores, plots and cells/"
+    )
     p.add_argument("--seed", type=int, default=0)
     _add_cv_args(p, folds=5, repeats=3)
     p.add_argument("--no-transfer", action="store_true", help="skip cross-dataset transfer")

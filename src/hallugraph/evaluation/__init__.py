@@ -4,7 +4,8 @@ CIs, paired comparisons, transfer and leave-one-dataset-out.
 :mod:`.protocol` (:func:`evaluate`), :mod:`.cv` (folds, one detector's out-of-fold scores),
 :mod:`.bootstrap` (question-bootstrap metrics, paired comparison, length-matched AUROC),
 :mod:`.transfer` (transfer, leave-one-dataset-out), :mod:`.report` / :mod:`.tables` /
-:mod:`.plots` (files), :mod:`.memory`, :mod:`.hypotheses` (the graph-topology hypothesis test).
+:mod:`.plots` (files), :mod:`.cells` (checkpoints, resume), :mod:`.memory`,
+:mod:`.hypotheses` (the graph-topology hypothesis test).
 Folds and plain metrics are :mod:`hallugraph.splits` and :mod:`hallugraph.metrics` (the
 detectors use them too).
 
@@ -45,7 +46,9 @@ Outputs in ``out_dir`` (default ``RUN/../eval`` of the first run): ``results.md`
 ``fusion_weights_<dataset>.png``, ``scores_<dataset>.json`` (every answer's out-of-fold
 scores), and ``results.json`` (everything; ``by_run`` holds per run
 and detector the pooled AUROC with its CI and the leave-one-dataset-out AUROC, and the fusion's
-paired comparison with the best single detector).
+paired comparison with the best single detector). ``cells/`` holds one JSON checkpoint per
+unit of work (:mod:`.cells`): the same command after an interruption continues where it
+stopped and writes the same files.
 """
 
 from hallugraph.evaluation.memory import PeakRSS

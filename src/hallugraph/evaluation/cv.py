@@ -7,6 +7,7 @@ See :mod:`hallugraph.evaluation`."""
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import time
@@ -18,6 +19,18 @@ from typing import Any
 import numpy as np
 
 from hallugraph.evaluation.bootstrap import MIN_CLASS_TEST, question_weights
+from hallugraph.evaluation.cells import (
+    CELL_FORMAT,
+    CellError,
+    CellStore,
+    code_digest,
+    detector_identity,
+    floats,
+    number,
+    rows_id,
+    run_identity,
+    seed_globals,
+)
 from hallugraph.evaluation.memory import PeakRSS
 from hallugraph.features import FeatureTable
 from hallugraph.features.logits import answer_content
@@ -72,6 +85,11 @@ class Run:
     """Indices of the traces of the run directory that are in ``table``."""
     n_repeats: int = 1
     inner: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    n_folds: int = 0
+    identity: dict[str, str] = field(default_factory=dict)
+    """:func:`~hallugraph.evaluation.cells.run_identity` (the cells' keys)."""
+    fold_ids: dict[tuple[int, int], dict[str, str]] = field(default_factory=dict)
+    """Per fold, the digests of its fit, validation and test rows (the cells' keys)."""
 
 
 def dataset_names(tables: Sequence[FeatureTable], runs: Sequence[Path]) -> list[str]:
@@ -144,8 +162,13 @@ def load_runs(
             lengths=np.array([answer_content(r).stop for r in t.rows], dtype=np.int64),
             labeled=labeled,
             n_repeats=n_repeats,
+            n_folds=n_folds,
+            identity=run_identity(p, y, labeled),
         )
-        for r, k, tr, _ in folds:
+        qids = [{"question_id": r.get("question_id", "")} for r in rows]
+        if len(labeled) < len(rows):
+            qids = [qids[i] for i in labeled]
+        for r, k, tr, te in folds:
             a, b, _ = split_groups(
                 groups[tr],
                 seed=seed * 1000 + 17 * r + k,
@@ -153,6 +176,10 @@ def load_runs(
                 labels=y[tr],
             )
             run.inner[(r, k)] = (tr[a], tr[b])
+            run.fold_ids[(r, k)] = {
+                part: rows_id(idx, [qids[i] for i in idx])
+                for part, idx in (("fit", tr[a]), ("val", tr[b]), ("test", te))
+            }
         out.append(run)
     return out
 
@@ -193,8 +220,104 @@ class CVResult:
     family_weights: dict[str, float] | None = None
 
 
-def cross_validate(run: Run, spec: Any, seed: int) -> CVResult:
-    """Out-of-fold scores of one detector on one run (raises what the detector raises)."""
+def cv_cells(
+    run: Run, ident: dict[str, Any], seed: int, store: CellStore
+) -> list[tuple[int, int, np.ndarray, Path | None, dict[str, Any]]]:
+    """The cells of one detector's cross-validation on ``run``: ``(repeat, fold, test rows,
+    cell path, key parts)`` per fold."""
+    out = []
+    for r, k, _tr, te in run.folds:
+        parts = {
+            "format": CELL_FORMAT,
+            "code": code_digest(),
+            "kind": "cv",
+            "detector": ident,
+            "seed": seed,
+            "folds": run.n_folds,
+            "repeats": run.n_repeats,
+            "repeat": r,
+            "fold": k,
+            "run": run.identity,
+            "rows": run.fold_ids[(r, k)],
+        }
+        path = store.path("cv", run.name, ident["name"], f"r{r}_f{k}")
+        out.append((r, k, te, path, parts))
+    return out
+
+
+@dataclass
+class FoldResult:
+    scores: np.ndarray
+    threshold: float
+    note: str
+    fit_s: float
+    fit_peak_mb: float
+    predict_s: float
+    family_weights: dict[str, float] | None
+
+
+def _fold(run: Run, spec: Any, seed: int, r: int, k: int, te: np.ndarray) -> dict[str, Any]:
+    """Fit on the fold's inner training rows, threshold on its validation rows, score its test
+    rows: the cell's result (with its cost: wall seconds of the fit and of the scoring, the
+    fit's peak memory, and ``cpu_s``, the process's CPU seconds for both, every thread)."""
+    fit_idx, val_idx = run.inner[(r, k)]
+    seed_globals(seed)
+    det = instantiate(spec, seed)
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    with PeakRSS() as peak:
+        det.fit(run.table[fit_idx], run.y[fit_idx])
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    s_val = scores(det, run.table[val_idx]) if len(val_idx) else np.zeros(0)
+    s_te = scores(det, run.table[te])
+    predict_s = time.perf_counter() - t0
+    cpu_s = time.process_time() - cpu0
+    threshold, note = choose_threshold(run.y[val_idx], s_val)
+    fw = getattr(det, "family_weights_", None)
+    return {
+        "scores": s_te,
+        "threshold": threshold,
+        "note": note,
+        "fit_s": fit_s,
+        "fit_peak_mb": peak.extra_mb,
+        "predict_s": predict_s,
+        "cpu_s": cpu_s,
+        "family_weights": {str(f): float(w) for f, w in fw.items()}
+        if isinstance(fw, dict)
+        else None,
+    }
+
+
+def _decode_fold(n: int) -> Any:
+    def decode(res: dict[str, Any]) -> FoldResult:
+        fw = res["family_weights"]
+        if fw is not None and not isinstance(fw, dict):
+            raise CellError("family_weights: a mapping expected")
+        threshold = number(res["threshold"])
+        if not np.isfinite(threshold):
+            raise CellError("threshold: not finite")
+        return FoldResult(
+            scores=floats(res["scores"], n, "scores"),
+            threshold=threshold,
+            note=str(res["note"]),
+            fit_s=number(res["fit_s"]),
+            fit_peak_mb=number(res["fit_peak_mb"]),
+            predict_s=number(res["predict_s"]),
+            family_weights=None if fw is None else {str(f): number(w) for f, w in fw.items()},
+        )
+
+    return decode
+
+
+def cross_validate(
+    run: Run, spec: Any, seed: int, name: str = "", store: CellStore | None = None
+) -> CVResult:
+    """Out-of-fold scores of one detector on one run (raises what the detector raises), fold
+    by fold through ``store``'s cells (read when computed before with the same key)."""
+    store = store if store is not None else CellStore(None)
+    name = name or str(getattr(spec, "name", type(spec).__name__))
+    cells = cv_cells(run, detector_identity(name, instantiate(spec, seed)), seed, store)
     n = len(run.y)
     S = np.full((run.n_repeats, n), np.nan)
     P = np.zeros((run.n_repeats, n), dtype=bool)
@@ -202,27 +325,27 @@ def cross_validate(run: Run, spec: Any, seed: int) -> CVResult:
     fit_s, predict_s, peak_mb = [], 0.0, 0.0
     notes: set[str] = set()
     weights: list[dict[str, float]] = []
-    for r, k, _tr, te in run.folds:
-        fit_idx, val_idx = run.inner[(r, k)]
-        det = instantiate(spec, seed)
-        t0 = time.perf_counter()
-        with PeakRSS() as peak:
-            det.fit(run.table[fit_idx], run.y[fit_idx])
-        fit_s.append(time.perf_counter() - t0)
-        peak_mb = max(peak_mb, peak.extra_mb)
-        t0 = time.perf_counter()
-        s_val = scores(det, run.table[val_idx]) if len(val_idx) else np.zeros(0)
-        s_te = scores(det, run.table[te])
-        predict_s += time.perf_counter() - t0
-        threshold, note = choose_threshold(run.y[val_idx], s_val)
-        if note:
-            notes.add(note)
-        thresholds.append(threshold)
-        S[r, te] = s_te
-        P[r, te] = s_te >= threshold
-        fw = getattr(det, "family_weights_", None)
-        if isinstance(fw, dict):
-            weights.append(fw)
+    try:
+        for r, k, te, path, parts in cells:
+            f = store.get(
+                path,
+                parts,
+                functools.partial(_fold, run, spec, seed, r, k, te),
+                _decode_fold(len(te)),
+            )
+            fit_s.append(f.fit_s)
+            peak_mb = max(peak_mb, f.fit_peak_mb)
+            predict_s += f.predict_s
+            if f.note:
+                notes.add(f.note)
+            thresholds.append(f.threshold)
+            S[r, te] = f.scores
+            P[r, te] = f.scores >= f.threshold
+            if f.family_weights is not None:
+                weights.append(f.family_weights)
+    except Exception:
+        store.give_up(c[3] for c in cells)  # the detector is done on this run (its row says why)
+        raise
     family_weights = None
     if weights:
         fams = sorted({f for w in weights for f in w})

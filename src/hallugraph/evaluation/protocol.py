@@ -21,9 +21,17 @@ from hallugraph.evaluation.bootstrap import (
     paired_comparison,
     percent_positive,
 )
-from hallugraph.evaluation.cv import Run, cross_validate, load_runs
+from hallugraph.evaluation.cells import CELL_DIR, CellStore, detector_identity
+from hallugraph.evaluation.cv import Run, cross_validate, cv_cells, instantiate, load_runs
 from hallugraph.evaluation.report import FUSION, EvalReport, best_single
-from hallugraph.evaluation.transfer import Unseen, _err, lodo_rows, transfer_rows
+from hallugraph.evaluation.transfer import (
+    Unseen,
+    _err,
+    lodo_cell,
+    lodo_rows,
+    transfer_cell,
+    transfer_rows,
+)
 from hallugraph.store.integrity import IntegrityError
 
 log = logging.getLogger(__name__)
@@ -94,13 +102,18 @@ def _empty_row(run: Run, name: str, spec: Any) -> dict[str, Any]:
 
 
 def _evaluate_one(
-    run: Run, name: str, spec: Any, seed: int, oof: dict[str, dict[str, np.ndarray]]
+    run: Run,
+    name: str,
+    spec: Any,
+    seed: int,
+    oof: dict[str, dict[str, np.ndarray]],
+    store: CellStore | None = None,
 ) -> tuple[dict[str, Any], dict[str, float] | None]:
     """Cross-validate one detector on one run: its result row (never raises but for a
     damaged file) and its family weights (a fused detector's)."""
     row = _empty_row(run, name, spec)
     try:
-        cv = cross_validate(run, spec, seed)
+        cv = cross_validate(run, spec, seed, name, store)
     except NotApplicable as err:  # e.g. no attribution scores for this run: skip, no row
         log.info("detector %s skipped on %s: %s", name, run.name, err)
         return {**row, "skipped": str(err)}, None
@@ -146,6 +159,37 @@ def _paired(
     return fusion
 
 
+def _plan(
+    loaded: Sequence[Run],
+    specs: Sequence[tuple[str, Any]],
+    seed: int,
+    store: CellStore,
+    unseen_idx: Unseen | None,
+    transfer: bool,
+    lodo: bool,
+) -> tuple[int, set[str]]:
+    """Count every cell of the evaluation and note those already computed with the same key
+    (:meth:`CellStore.peek`); returns the count and the runs whose CV cells are all ready."""
+    total, complete = 0, set()
+    idents = {name: detector_identity(name, instantiate(spec, seed)) for name, spec in specs}
+    for run in loaded:
+        ready = True
+        for name, _ in specs:
+            for *_, path, parts in cv_cells(run, idents[name], seed, store):
+                total += 1
+                ready = store.peek(path, parts) and ready
+        if ready:
+            complete.add(run.name)
+    if unseen_idx is not None:
+        for name, _ in specs:
+            for i in range(len(loaded)):
+                for on, cell in ((transfer, transfer_cell), (lodo, lodo_cell)):
+                    if on:
+                        total += 1
+                        store.peek(*cell(loaded, i, idents[name], seed, unseen_idx, store))
+    return total, complete
+
+
 def evaluate(
     runs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     detectors: Sequence[Any] | None = None,
@@ -158,12 +202,17 @@ def evaluate(
     transfer: bool = True,
     lodo: bool = True,
     progress: bool = True,
+    cells: bool = True,
 ) -> EvalReport:
     """Benchmark ``detectors`` (names, Detector classes or unfitted instances; default: every
     registered detector) on labeled ``runs`` (one per dataset) with ``repeats`` x ``folds``
     grouped cross-validation; see the module docstring for the protocol. Writes the table,
     CSV/JSON and plots into ``out_dir`` (default ``RUN/../eval`` of the first run) and returns
     the :class:`EvalReport`.
+
+    With ``cells`` (the default) every unit of work is checkpointed under ``out_dir/cells``
+    (:mod:`hallugraph.evaluation.cells`): the same call after an interruption reads what was
+    done and computes the rest, and writes the same files as an uninterrupted evaluation.
 
     Raises ``ValueError`` for an unlabeled run (naming ``hallugraph label RUN``), an unknown
     detector name or a run with fewer questions than folds.
@@ -187,18 +236,29 @@ def evaluate(
         }
         for r in loaded
     }
+    out = Path(out_dir) if out_dir is not None else Path(loaded[0].path).parent / "eval"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory")
+    store = CellStore(out / CELL_DIR if cells else None)
+    several = len(loaded) > 1 and (transfer or lodo)
+    unseen_idx = Unseen(loaded) if several else None
+    total, complete = _plan(loaded, specs, seed, store, unseen_idx, transfer, lodo)
+    if store.ready:
+        log.warning("%d of %d cells already computed in %s", len(store.ready), total, store.root)
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     oof: dict[str, dict[str, np.ndarray]] = {r.name: {} for r in loaded}
     family_weights: dict[str, dict[str, float]] = {}
     paired: dict[str, Any] = {}
-    bar = tqdm(total=len(loaded) * len(specs), desc="cross-validate", disable=not progress)
+    bar = tqdm(total=total, initial=len(store.ready), desc="evaluation cells", disable=not progress)
+    store.bar = bar
     try:
         for run in loaded:
-            _precompute_stats(run, specs, progress)
+            if run.name not in complete:
+                _precompute_stats(run, specs, progress)
             for name, spec in specs:
-                bar.set_postfix_str(f"{run.name} / {name}")
-                row, fw = _evaluate_one(run, name, spec, seed, oof)
+                bar.set_postfix_str(f"cv {run.name} / {name}")
+                row, fw = _evaluate_one(run, name, spec, seed, oof, store)
                 if row.get("skipped"):
                     skipped.append(
                         {"dataset": run.name, "detector": name, "reason": row["skipped"]}
@@ -207,35 +267,29 @@ def evaluate(
                     results.append(row)
                 if fw is not None and name == FUSION:
                     family_weights[run.name] = fw
-                bar.update(1)
             fused = _paired(run, results, oof)
             if fused is not None:
                 paired[run.name] = fused
+        transfer_out: list[dict[str, Any]] = []
+        lodo_out: list[dict[str, Any]] = []
+        for name, spec in specs if unseen_idx is not None else ():
+            if transfer:
+                bar.set_postfix_str(f"transfer / {name}")
+                transfer_out += transfer_rows(
+                    loaded, name, spec, seed, bootstrap, unseen_idx, store
+                )
+            if lodo:
+                bar.set_postfix_str(f"leave-one-out / {name}")
+                lodo_out += lodo_rows(loaded, name, spec, seed, unseen_idx, store)
     finally:
         bar.close()
-
-    transfer_out: list[dict[str, Any]] = []
-    lodo_out: list[dict[str, Any]] = []
-    if len(loaded) > 1 and (transfer or lodo):
-        unseen_idx = Unseen(loaded)
-        jobs = len(specs) * (int(transfer) + int(lodo))
-        bar = tqdm(total=jobs, desc="transfer / leave-one-out", disable=not progress)
-        try:
-            for name, spec in specs:
-                if transfer:
-                    transfer_out += transfer_rows(loaded, name, spec, seed, bootstrap, unseen_idx)
-                    bar.update(1)
-                if lodo:
-                    lodo_out += lodo_rows(loaded, name, spec, seed, unseen_idx)
-                    bar.update(1)
-        finally:
-            bar.close()
-        for cell in lodo_out:
-            for r in results:
-                if r["dataset"] == cell["test_dataset"] and r["detector"] == cell["detector"]:
-                    for m in ("auroc", "aupr"):
-                        for x in ("", "_lo", "_hi"):
-                            r[f"lodo_{m}{x}"] = cell[f"{m}{x}"]
+    log.info("%s", store.summary())
+    for cell in lodo_out:
+        for r in results:
+            if r["dataset"] == cell["test_dataset"] and r["detector"] == cell["detector"]:
+                for m in ("auroc", "aupr"):
+                    for x in ("", "_lo", "_hi"):
+                        r[f"lodo_{m}{x}"] = cell[f"{m}{x}"]
     report = EvalReport(
         results=results,
         transfer=transfer_out,
@@ -271,6 +325,6 @@ def evaluate(
         lengths={r.name: r.lengths for r in loaded},
         index={r.name: r.labeled for r in loaded},
     )
-    out = Path(out_dir) if out_dir is not None else Path(loaded[0].path).parent / "eval"
+    report.cells = store.summary()
     report.save(out)
     return report

@@ -124,6 +124,8 @@ class EvalReport:
     """Per dataset, each evaluated answer's trace index in its run directory."""
     out_dir: Path | None = None
     files: list[Path] = field(default_factory=list)
+    cells: str = ""
+    """What the checkpoints gave: cells read, computed, stale, damaged (not saved)."""
 
     def failed_everywhere(self) -> list[str]:
         """Detectors that have a result row on some run and an error on every one of them."""
