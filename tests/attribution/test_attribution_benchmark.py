@@ -205,6 +205,15 @@ def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_set, tmp_path, monkeypat
     # the sweep's validation answers were not scored again: their records come from the sweep
     reused = [i for i, r in scored["scores"].items() if r.get("from_sweep")]
     assert sorted(reused) == sorted(json.loads((w / "sweep" / "ids.json").read_text()))
+    # CPU: the steps that finished + the scoring's per-answer seconds (the sweep's reused
+    # answers counted once, in the sweep step)
+    acct = res["cpu_seconds"]
+    own = sum(r["seconds"] for r in scored["scores"].values() if not r.get("from_sweep"))
+    assert acct["scoring_answer_s"]["halueval_qa_tf"] == pytest.approx(own, abs=0.05)
+    assert "sweep" in acct["steps_cpu_s"] and "score" not in acct["steps_cpu_s"]
+    assert acct["total_s"] == pytest.approx(
+        sum(acct["steps_cpu_s"].values()) + sum(acct["scoring_answer_s"].values()), abs=0.1
+    )
     # resumed: nothing is recomputed, the same results come out
     before = {p: p.stat().st_mtime_ns for p in (w / "sweep").glob("shard-*.json")}
     before[w / "halueval_qa_tf" / "attribution" / "groundedness.json"] = (

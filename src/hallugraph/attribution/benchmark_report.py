@@ -271,6 +271,28 @@ def plot_distributions(path: Path, t: dict[str, np.ndarray], fit: Any, title: st
     return path
 
 
+def cpu_account(out: Path, steps: dict[str, Any]) -> dict[str, Any]:
+    """CPU seconds of the evaluation: each finished step's (``steps.json``; a step killed before
+    it finished is not there), and the scoring as the sum of the stored per-answer seconds
+    (one thread per process, so wall ≈ CPU; answers taken over from the sweep are left out:
+    their time is the sweep step's). ``total_s`` adds them up."""
+    from hallugraph.features.groundedness import read_scores
+
+    by_step = {k: float(v.get("cpu_s", 0.0)) for k, v in steps.items() if k != "score"}
+    scoring = {}
+    for r in RUNS:
+        recs = read_scores(out / r)["scores"].values()
+        scoring[r] = round(sum(float(v["seconds"]) for v in recs if not v.get("from_sweep")), 1)
+    total = sum(by_step.values()) + sum(scoring.values())
+    return {
+        "steps_cpu_s": by_step,
+        "scoring_answer_s": scoring,
+        "total_s": round(total, 1),
+        "note": "scoring = sum of per-answer seconds (1 thread per process); steps from "
+        "steps.json (extraction is its own line when the extract step ran here)",
+    }
+
+
 def write_report(
     cfg: Any, p: dict[str, Any], nodes: int, targets: str, steps: dict[str, Any]
 ) -> dict[str, Any]:
@@ -312,6 +334,7 @@ def write_report(
         "metrics": metrics,
         "sweep": json.loads(sweep.read_text()) if sweep.is_file() else None,
         "steps": steps,
+        "cpu_seconds": cpu_account(out, steps),
         "cpu": cpu_name(),
         "bootstrap": cfg.bootstrap,
     }
@@ -336,9 +359,11 @@ def draw_example_graph(cfg: Any, t: dict[str, np.ndarray], nodes: int, rdir: Pat
         return
     i = int(m[np.argmin(np.nan_to_num(t["gctx"][m], nan=1.0))])
     cmd = [sys.executable, "-m", "hallugraph", "attribution", str(Path(cfg.out) / "halueval_qa_tf")]
-    cmd += ["--index", str(i), "--png", str(png), "--max-feature-nodes", str(nodes)]
+    cmd += ["--index", str(i), "--png", str(png), "--png-dpi", "70"]
+    cmd += ["--max-feature-nodes", str(nodes)]
     cmd += ["--transcoders", resolve_set(cfg.transcoders), "--device", "cpu"]
     cmd += ["--threads", str(cfg.threads), "--out", str(Path(cfg.out) / "graphs")]
     cmd += ["--model", cfg.model] if cfg.model else []
     print("$ " + " ".join(cmd[2:]), flush=True)
-    subprocess.call(cmd)
+    if subprocess.call(cmd):
+        print(f"warning: the example graph {png} was not drawn (see above)", file=sys.stderr)
