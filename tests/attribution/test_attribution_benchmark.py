@@ -88,7 +88,7 @@ def test_alpha_t_on_validation_only_and_the_schema(tmp_path, monkeypatch):
         seen.append(np.asarray(gctx).copy())
         return real_fit(gctx, rs, cs, y, alphas)
 
-    def fake_base(out, run, t):
+    def fake_base(out, run, t, info=None):
         s = np.full(len(t["id"]), np.nan)
         te = t["split"] == "test"
         s[te] = np.linspace(0, 1, te.sum())
@@ -236,10 +236,35 @@ def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_set, tmp_path, monkeypat
     for i in train[:2]:
         del payload["scores"][i]
     write_scores(tf, payload)
+    monkeypatch.setattr(rep, "MIN_LR_CLASS", 1)  # the tiny train side is small
     part = run_eval(replace(cfg, partial=True))
     assert part["partial"] and part["scored"]["halueval_qa_tf"] == {"scored": 22, "traces": 24}
+    assert part["metrics"]["halueval_qa_tf"]["groundedness_lr_fitted_on"] == "train"
     rows = list(csv.reader((w / "report" / "groundedness_scores.csv").open()))
     assert len(rows) == 1 + 22 + 24
+    # no train answer scored yet: groundedness_lr is fitted on the scored validation answers
+    # (never on test) and the JSON says so
+    for i in train[2:]:
+        del payload["scores"][i]
+    write_scores(tf, payload)
+    part = run_eval(replace(cfg, partial=True))
+    assert part["metrics"]["halueval_qa_tf"]["groundedness_lr_fitted_on"] == "val"
+    # the generated run's test answers not scored yet: the partial report leaves that run out
+    # and says why; the teacher-forced run must be complete
+    gen = w / "halueval_qa"
+    gpay = read_scores(gen)
+    gat = rep.answer_table(gen)
+    gtest = next(
+        i
+        for i, q in zip(gat["id"], gat["question_id"], strict=True)
+        if plan["question_split"][q] == "test" and plan["runs"]["halueval_qa"]["pair"][i] >= 0
+    )
+    del gpay["scores"][gtest]
+    write_scores(gen, gpay)
+    part = run_eval(replace(cfg, partial=True))
+    assert list(part["not_reported"]) == ["halueval_qa"] and list(part["metrics"]) == [
+        "halueval_qa_tf"
+    ]
     test = next(i for i in first if side[i] == "test")
     del payload["scores"][test]
     write_scores(tf, payload)

@@ -136,8 +136,17 @@ def choose_alpha_t(t: dict[str, np.ndarray]) -> Any:
     return fit_groundedness(t["gctx"][v], t["rs"][v], t["cs"][v], t["label"][v])
 
 
-def baseline_scores(out: Path, run: str, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Test scores (NaN elsewhere) of the detectors fitted on the run's train side."""
+MIN_LR_CLASS = 20
+"""Fewest scored train answers per class for ``groundedness_lr`` to be fitted on train."""
+
+
+def baseline_scores(
+    out: Path, run: str, t: dict[str, np.ndarray], info: dict[str, Any] | None = None
+) -> dict[str, np.ndarray]:
+    """Test scores (NaN elsewhere) of the detectors fitted on the run's train side; ``info``
+    gets ``groundedness_lr_fitted_on`` (``train``, or ``val`` in a partial report whose train
+    side is not scored yet)."""
+    info = {} if info is None else info
     from hallugraph.detectors import get_detector
     from hallugraph.features import FeatureTable
 
@@ -150,6 +159,13 @@ def baseline_scores(out: Path, run: str, t: dict[str, np.ndarray]) -> dict[str, 
         # groundedness_lr on the scored answers only (all of them once scoring is done)
         own = t["scored"] if name == "groundedness_lr" else np.ones(len(t["id"]), dtype=bool)
         tr, te = np.flatnonzero(train & own), np.flatnonzero(test & own)
+        if name == "groundedness_lr":
+            info["groundedness_lr_fitted_on"] = "train"
+            if min(np.bincount(t["label"][tr], minlength=2)) < MIN_LR_CLASS:
+                # a partial report whose train side is not scored yet: the scored validation
+                # answers instead (never test), and the JSON says so
+                tr = np.flatnonzero((t["split"] == "val") & own)
+                info["groundedness_lr_fitted_on"] = "val"
         try:
             det = get_detector(name).fit(X[tr], t["label"][tr])
             s[te] = det.predict_proba(X[te])
@@ -303,13 +319,22 @@ def write_report(
     rdir = Path(cfg.report_dir) if cfg.report_dir else out / "report"
     rdir.mkdir(parents=True, exist_ok=True)
     partial = bool(getattr(cfg, "partial", False))
-    frames = {r: run_frame(out, r, p, partial) for r in RUNS}
+    frames, not_reported = {}, {}
+    for r in RUNS:
+        try:
+            frames[r] = run_frame(out, r, p, partial)
+        except ValueError as err:  # a partial report may wait for the second run's scores
+            if not partial or r == ALPHA_RUN:
+                raise
+            not_reported[r] = str(err)
+            print(f"{r}: not in this partial report: {err}", file=sys.stderr)
     fit = choose_alpha_t(frames[ALPHA_RUN])
     metrics = {}
     for r, t in frames.items():
-        base = baseline_scores(out, r, t)
+        info: dict[str, Any] = {}
+        base = baseline_scores(out, r, t, info)
         t["lookback"] = base["lookback_lens"]
-        metrics[r] = evaluate_run(t, fit, base, cfg.bootstrap, cfg.seed)
+        metrics[r] = {**evaluate_run(t, fit, base, cfg.bootstrap, cfg.seed), **info}
     write_csv(rdir / "groundedness_scores.csv", frames, fit)
     sweep = out / "sweep.json"
     for ext in ("json", "csv"):
@@ -330,7 +355,9 @@ def write_report(
         "scored": {
             r: {"scored": int(t["scored"].sum()), "traces": len(t["id"])} for r, t in frames.items()
         },
-        "partial": partial and any(not t["scored"].all() for t in frames.values()),
+        "partial": partial
+        and (bool(not_reported) or any(not t["scored"].all() for t in frames.values())),
+        "not_reported": not_reported,
         "metrics": metrics,
         "sweep": json.loads(sweep.read_text()) if sweep.is_file() else None,
         "steps": steps,
