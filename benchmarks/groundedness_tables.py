@@ -19,7 +19,7 @@ METRICS = (
     ("accuracy_T0.4_alpha_0.5", "accuracy, T = 0.4 (report), α = 0.5"),
     ("accuracy_alpha_T_val", "accuracy, α and T from validation"),
     ("auroc_groundedness", "AUROC `groundedness` (−G)"),
-    ("auroc_groundedness_lr", "AUROC `groundedness_lr` (Gctx, RS, CS; fitted on train)"),
+    ("auroc_groundedness_lr", "AUROC `groundedness_lr` (Gctx, RS, CS; fitted on {on})"),
     ("auroc_gctx", "AUROC Gctx alone (low = hallucinated)"),
     ("auroc_rs", "AUROC RS alone"),
     ("auroc_cs", "AUROC CS alone"),
@@ -74,9 +74,19 @@ def metrics_table(res: dict[str, Any]) -> str:
         )
         + " |"
     )
+    on = {m.get("groundedness_lr_fitted_on", "train") for m in res["metrics"].values()}
     for key, label in METRICS:
+        label = label.format(on=" / ".join(sorted(on)).replace("val", "validation"))
         out.append(f"| {label} | " + " | ".join(_ci(m.get(key)) for m in res["metrics"].values()))
         out[-1] += " |"
+    cpu = res.get("cpu_seconds")
+    if cpu:
+        out.append(
+            f"\nCPU seconds: steps {cpu['steps_cpu_s']}, scoring (sum of per-answer seconds) "
+            f"{cpu['scoring_answer_s']}, total {cpu['total_s']}"
+        )
+    if res.get("not_reported"):
+        out.append(f"\nnot in this partial report: {', '.join(res['not_reported'])}")
     return "\n".join(out)
 
 

@@ -68,7 +68,7 @@ def test_alpha_t_on_validation_only_and_the_schema(tmp_path, monkeypatch):
         seen.append(np.asarray(gctx).copy())
         return real_fit(gctx, rs, cs, y, alphas)
 
-    def fake_base(out, run, t):
+    def fake_base(out, run, t, info=None):
         s = np.full(len(t["id"]), np.nan)
         te = t["split"] == "test"
         s[te] = np.linspace(0, 1, te.sum())
@@ -185,6 +185,15 @@ def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_ct, tmp_path, monkeypatc
     # the sweep's validation answers were not scored again: their records come from the sweep
     reused = [i for i, r in scored["scores"].items() if r.get("from_sweep")]
     assert sorted(reused) == sorted(json.loads((w / "sweep" / "ids.json").read_text()))
+    # CPU: the steps that finished + the scoring's per-answer seconds (the sweep's reused
+    # answers counted once, in the sweep step)
+    acct = res["cpu_seconds"]
+    own = sum(r["seconds"] for r in scored["scores"].values() if not r.get("from_sweep"))
+    assert acct["scoring_answer_s"]["halueval_qa_tf"] == pytest.approx(own, abs=0.05)
+    assert "sweep" in acct["steps_cpu_s"] and "score" not in acct["steps_cpu_s"]
+    assert acct["total_s"] == pytest.approx(
+        sum(acct["steps_cpu_s"].values()) + sum(acct["scoring_answer_s"].values()), abs=0.1
+    )
     # resumed: nothing is recomputed, the same results come out
     before = {p: p.stat().st_mtime_ns for p in (w / "sweep").glob("shard-*.json")}
     before[w / "halueval_qa_tf" / "attribution" / "groundedness.json"] = (
@@ -207,10 +216,35 @@ def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_ct, tmp_path, monkeypatc
     for i in train[:2]:
         del payload["scores"][i]
     write_scores(tf, payload)
+    monkeypatch.setattr(rep, "MIN_LR_CLASS", 1)  # the tiny train side is small
     part = run_eval(replace(cfg, partial=True))
     assert part["partial"] and part["scored"]["halueval_qa_tf"] == {"scored": 22, "traces": 24}
+    assert part["metrics"]["halueval_qa_tf"]["groundedness_lr_fitted_on"] == "train"
     rows = list(csv.reader((w / "report" / "groundedness_scores.csv").open()))
     assert len(rows) == 1 + 22 + 24
+    # no train answer scored yet: groundedness_lr is fitted on the scored validation answers
+    # (never on test) and the JSON says so
+    for i in train[2:]:
+        del payload["scores"][i]
+    write_scores(tf, payload)
+    part = run_eval(replace(cfg, partial=True))
+    assert part["metrics"]["halueval_qa_tf"]["groundedness_lr_fitted_on"] == "val"
+    # the generated run's test answers not scored yet: the partial report leaves that run out
+    # and says why; the teacher-forced run must be complete
+    gen = w / "halueval_qa"
+    gpay = read_scores(gen)
+    gat = rep.answer_table(gen)
+    gtest = next(
+        i
+        for i, q in zip(gat["id"], gat["question_id"], strict=True)
+        if plan["question_split"][q] == "test" and plan["runs"]["halueval_qa"]["pair"][i] >= 0
+    )
+    del gpay["scores"][gtest]
+    write_scores(gen, gpay)
+    part = run_eval(replace(cfg, partial=True))
+    assert list(part["not_reported"]) == ["halueval_qa"] and list(part["metrics"]) == [
+        "halueval_qa_tf"
+    ]
     test = next(i for i in first if side[i] == "test")
     del payload["scores"][test]
     write_scores(tf, payload)

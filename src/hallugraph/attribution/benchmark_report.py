@@ -136,8 +136,17 @@ def choose_alpha_t(t: dict[str, np.ndarray]) -> Any:
     return fit_groundedness(t["gctx"][v], t["rs"][v], t["cs"][v], t["label"][v])
 
 
-def baseline_scores(out: Path, run: str, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Test scores (NaN elsewhere) of the detectors fitted on the run's train side."""
+MIN_LR_CLASS = 20
+"""Fewest scored train answers per class for ``groundedness_lr`` to be fitted on train."""
+
+
+def baseline_scores(
+    out: Path, run: str, t: dict[str, np.ndarray], info: dict[str, Any] | None = None
+) -> dict[str, np.ndarray]:
+    """Test scores (NaN elsewhere) of the detectors fitted on the run's train side; ``info``
+    gets ``groundedness_lr_fitted_on`` (``train``, or ``val`` in a partial report whose train
+    side is not scored yet)."""
+    info = {} if info is None else info
     from hallugraph.detectors import get_detector
     from hallugraph.features import FeatureTable
 
@@ -150,6 +159,13 @@ def baseline_scores(out: Path, run: str, t: dict[str, np.ndarray]) -> dict[str, 
         # groundedness_lr on the scored answers only (all of them once scoring is done)
         own = t["scored"] if name == "groundedness_lr" else np.ones(len(t["id"]), dtype=bool)
         tr, te = np.flatnonzero(train & own), np.flatnonzero(test & own)
+        if name == "groundedness_lr":
+            info["groundedness_lr_fitted_on"] = "train"
+            if min(np.bincount(t["label"][tr], minlength=2)) < MIN_LR_CLASS:
+                # a partial report whose train side is not scored yet: the scored validation
+                # answers instead (never test), and the JSON says so
+                tr = np.flatnonzero((t["split"] == "val") & own)
+                info["groundedness_lr_fitted_on"] = "val"
         try:
             det = get_detector(name).fit(X[tr], t["label"][tr])
             s[te] = det.predict_proba(X[te])
@@ -271,6 +287,28 @@ def plot_distributions(path: Path, t: dict[str, np.ndarray], fit: Any, title: st
     return path
 
 
+def cpu_account(out: Path, steps: dict[str, Any]) -> dict[str, Any]:
+    """CPU seconds of the evaluation: each finished step's (``steps.json``; a step killed before
+    it finished is not there), and the scoring as the sum of the stored per-answer seconds
+    (one thread per process, so wall ≈ CPU; answers taken over from the sweep are left out:
+    their time is the sweep step's). ``total_s`` adds them up."""
+    from hallugraph.features.groundedness import read_scores
+
+    by_step = {k: float(v.get("cpu_s", 0.0)) for k, v in steps.items() if k != "score"}
+    scoring = {}
+    for r in RUNS:
+        recs = read_scores(out / r)["scores"].values()
+        scoring[r] = round(sum(float(v["seconds"]) for v in recs if not v.get("from_sweep")), 1)
+    total = sum(by_step.values()) + sum(scoring.values())
+    return {
+        "steps_cpu_s": by_step,
+        "scoring_answer_s": scoring,
+        "total_s": round(total, 1),
+        "note": "scoring = sum of per-answer seconds (1 thread per process); steps from "
+        "steps.json (extraction is its own line when the extract step ran here)",
+    }
+
+
 def write_report(
     cfg: Any, p: dict[str, Any], nodes: int, targets: str, steps: dict[str, Any]
 ) -> dict[str, Any]:
@@ -281,13 +319,22 @@ def write_report(
     rdir = Path(cfg.report_dir) if cfg.report_dir else out / "report"
     rdir.mkdir(parents=True, exist_ok=True)
     partial = bool(getattr(cfg, "partial", False))
-    frames = {r: run_frame(out, r, p, partial) for r in RUNS}
+    frames, not_reported = {}, {}
+    for r in RUNS:
+        try:
+            frames[r] = run_frame(out, r, p, partial)
+        except ValueError as err:  # a partial report may wait for the second run's scores
+            if not partial or r == ALPHA_RUN:
+                raise
+            not_reported[r] = str(err)
+            print(f"{r}: not in this partial report: {err}", file=sys.stderr)
     fit = choose_alpha_t(frames[ALPHA_RUN])
     metrics = {}
     for r, t in frames.items():
-        base = baseline_scores(out, r, t)
+        info: dict[str, Any] = {}
+        base = baseline_scores(out, r, t, info)
         t["lookback"] = base["lookback_lens"]
-        metrics[r] = evaluate_run(t, fit, base, cfg.bootstrap, cfg.seed)
+        metrics[r] = {**evaluate_run(t, fit, base, cfg.bootstrap, cfg.seed), **info}
     write_csv(rdir / "groundedness_scores.csv", frames, fit)
     sweep = out / "sweep.json"
     for ext in ("json", "csv"):
@@ -308,10 +355,13 @@ def write_report(
         "scored": {
             r: {"scored": int(t["scored"].sum()), "traces": len(t["id"])} for r, t in frames.items()
         },
-        "partial": partial and any(not t["scored"].all() for t in frames.values()),
+        "partial": partial
+        and (bool(not_reported) or any(not t["scored"].all() for t in frames.values())),
+        "not_reported": not_reported,
         "metrics": metrics,
         "sweep": json.loads(sweep.read_text()) if sweep.is_file() else None,
         "steps": steps,
+        "cpu_seconds": cpu_account(out, steps),
         "cpu": cpu_name(),
         "bootstrap": cfg.bootstrap,
     }
@@ -336,9 +386,11 @@ def draw_example_graph(cfg: Any, t: dict[str, np.ndarray], nodes: int, rdir: Pat
         return
     i = int(m[np.argmin(np.nan_to_num(t["gctx"][m], nan=1.0))])
     cmd = [sys.executable, "-m", "hallugraph", "attribution", str(Path(cfg.out) / "halueval_qa_tf")]
-    cmd += ["--index", str(i), "--png", str(png), "--max-feature-nodes", str(nodes)]
+    cmd += ["--index", str(i), "--png", str(png), "--png-dpi", "70"]
+    cmd += ["--max-feature-nodes", str(nodes)]
     cmd += ["--transcoders", resolve_set(cfg.transcoders), "--device", "cpu"]
     cmd += ["--threads", str(cfg.threads), "--out", str(Path(cfg.out) / "graphs")]
     cmd += ["--model", cfg.model] if cfg.model else []
     print("$ " + " ".join(cmd[2:]), flush=True)
-    subprocess.call(cmd)
+    if subprocess.call(cmd):
+        print(f"warning: the example graph {png} was not drawn (see above)", file=sys.stderr)

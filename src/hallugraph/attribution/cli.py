@@ -135,6 +135,7 @@ def add_attribution_parser(sub: Any) -> None:
     p.add_argument("--out", default=None, help="output folder (default: RUN/attribution/graphs)")
     p.add_argument("--png", default=None, help="also draw the pruned graph into this PNG")
     p.add_argument("--png-features", type=int, default=30, help="feature nodes drawn (30)")
+    p.add_argument("--png-dpi", type=int, default=120, help="resolution of the PNG (120)")
     p.add_argument("--node-threshold", type=float, default=0.8, help="pruning (viewer, PNG)")
     p.add_argument("--edge-threshold", type=float, default=0.98, help="pruning (viewer, PNG)")
     p.add_argument(
@@ -293,6 +294,7 @@ def run_attribution(args: argparse.Namespace) -> int:
                 node_threshold=args.node_threshold,
                 edge_threshold=args.edge_threshold,
                 max_features=args.png_features,
+                dpi=args.png_dpi,
                 title=(
                     f"{row['question_id']} (label {row.get('label')}) -> "
                     f"{info['target']['token']!r}: Gctx {s['gctx']:.3f}, RS {s['rs']:.3f}, "
