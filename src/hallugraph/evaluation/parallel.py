@@ -161,6 +161,8 @@ def compute_cells(
         return
     ctx = multiprocessing.get_context("spawn")
     n = max(1, min(processes, len(tasks)))
+    if bar is not None:
+        bar.set_postfix_str(f"{len(tasks)} cells in {n} worker processes")
     pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init, initargs=(setup,))
     try:
         pending: dict[Future[dict[str, Any]], Task] = {pool.submit(_work, t): t for t in tasks}
