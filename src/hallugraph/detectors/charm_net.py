@@ -82,21 +82,13 @@ class GraphArrays:
         b, r = np.nonzero(edges[..., 1])
         src = compact[b * N + edges[b, r, 0].astype(np.int64) - 1]
         dst = compact[b * N + edges[b, r, 1].astype(np.int64) - 1]
-        from_prompt = (kind[src] == NODE_PROMPT).astype(np.float32)
-        attr = np.concatenate(
-            [
-                edges[b, r, 2:].astype(np.float32) / CODE_SCALE,
-                from_prompt[:, None],
-                1.0 - from_prompt[:, None],
-            ],
-            axis=1,
-        )
         return {
             "x_att": np.ascontiguousarray(x_att, dtype=np.float32),
             "x_act": np.ascontiguousarray(x_act, dtype=np.float32),
             "src": src.astype(np.int64),
             "dst": dst.astype(np.int64),
-            "attr": np.ascontiguousarray(attr, dtype=np.float32),
+            "codes": edges[b, r, 2:],
+            "from_prompt": kind[src] == NODE_PROMPT,
             "answer": kind == NODE_ANSWER,
             "graph": np.repeat(np.arange(B), N)[real],
             "edge_graph": b.astype(np.int64),
@@ -104,8 +96,9 @@ class GraphArrays:
 
     def prepare(self, mean: np.ndarray, std: np.ndarray, chunk: int = 256) -> PreparedGraphs:
         """Every graph converted once (standardized float32 features of the real nodes, edge
-        lists): :meth:`PreparedGraphs.batch` then only gathers rows, and gives the tensors
-        :meth:`batch` gives, bit for bit."""
+        lists; the edge scores stay uint8 codes, converted per batch):
+        :meth:`PreparedGraphs.batch` then only gathers rows, and gives the tensors :meth:`batch`
+        gives, bit for bit."""
         parts = [
             self._union(np.arange(s, min(s + chunk, len(self))), mean, std)
             for s in range(0, len(self), chunk)
@@ -132,7 +125,8 @@ class PreparedGraphs:
         cat = functools.partial(np.concatenate, axis=0)
         self.x_att = cat([p["x_att"] for p in parts]) if parts else np.zeros((0, 0), np.float32)
         self.x_act = cat([p["x_act"] for p in parts]) if parts else np.zeros((0, 0), np.float32)
-        self.attr = cat([p["attr"] for p in parts]) if parts else np.zeros((0, 0), np.float32)
+        self.codes = cat([p["codes"] for p in parts]) if parts else np.zeros((0, 0), np.uint8)
+        self.from_prompt = cat([p["from_prompt"] for p in parts]) if parts else np.zeros(0, bool)
         self.answer = cat([p["answer"] for p in parts]) if parts else np.zeros(0, bool)
         self.src = cat(local_src) if parts else np.zeros(0, np.int64)
         self.dst = cat(local_dst) if parts else np.zeros(0, np.int64)
@@ -158,7 +152,8 @@ class PreparedGraphs:
             "x_act": self.x_act[rows],
             "src": self.src[erows] + shift,
             "dst": self.dst[erows] + shift,
-            "attr": self.attr[erows],
+            "codes": self.codes[erows],
+            "from_prompt": self.from_prompt[erows],
             "answer": self.answer[rows],
             "graph": graph,
         }
@@ -176,11 +171,20 @@ def _tensors(u: dict[str, np.ndarray], n_graphs: int) -> dict[str, Any]:
     import torch
 
     ans = np.flatnonzero(u["answer"])
+    from_prompt = u["from_prompt"].astype(np.float32)
+    attr = np.concatenate(  # edge scores as float32 per batch: uint8 codes are 4x smaller
+        [
+            u["codes"].astype(np.float32) / CODE_SCALE,
+            from_prompt[:, None],
+            1.0 - from_prompt[:, None],
+        ],
+        axis=1,
+    )
     return {
         "x_att": torch.from_numpy(np.ascontiguousarray(u["x_att"])),
         "x_act": torch.from_numpy(np.ascontiguousarray(u["x_act"])),
         "edge_index": torch.from_numpy(np.stack([u["src"], u["dst"]]).astype(np.int64)),
-        "edge_attr": torch.from_numpy(np.ascontiguousarray(u["attr"])),
+        "edge_attr": torch.from_numpy(np.ascontiguousarray(attr, dtype=np.float32)),
         "pool": torch.from_numpy(ans.astype(np.int64)),
         "pool_batch": torch.from_numpy(u["graph"][ans].astype(np.int64)),
         "num_graphs": n_graphs,
