@@ -48,6 +48,8 @@ BENCH   ?= runs/bench
 KEEP    ?= no
 FOLDS   ?= 5
 REPEATS ?= 3
+# evaluation worker processes (one thread each)
+PROCESSES ?= 2
 TABLE   ?= docs/benchmark
 
 benchmark-table: setup  ## docs/benchmark/: extract, label, then 5x3 cross-validation, transfer and leave-one-dataset-out of every detector and the fusion (tens of CPU-hours: CHARM's and the fusion's fits dominate; resumable: run it again)
@@ -56,7 +58,7 @@ benchmark-table: setup  ## docs/benchmark/: extract, label, then 5x3 cross-valid
 	$(BIN)/hallugraph extract --dataset halueval_qa_tf --out $(BENCH)/halueval_qa_tf --keep-tensors $(KEEP)
 	$(BIN)/hallugraph extract --dataset halueval_qa --out $(BENCH)/halueval_qa --keep-tensors $(KEEP)
 	$(BIN)/hallugraph label $(BENCH)/triviaqa $(BENCH)/truthfulqa $(BENCH)/halueval_qa_tf $(BENCH)/halueval_qa
-	$(BIN)/hallugraph evaluate $(BENCH)/triviaqa $(BENCH)/truthfulqa $(BENCH)/halueval_qa_tf $(BENCH)/halueval_qa --folds $(FOLDS) --repeats $(REPEATS) --out $(BENCH)/eval
+	$(BIN)/hallugraph evaluate $(BENCH)/triviaqa $(BENCH)/truthfulqa $(BENCH)/halueval_qa_tf $(BENCH)/halueval_qa --folds $(FOLDS) --repeats $(REPEATS) --processes $(PROCESSES) --out $(BENCH)/eval
 	mkdir -p $(TABLE)
 	rm -f $(TABLE)/roc_*.png $(TABLE)/length_*.png $(TABLE)/fusion_weights_*.png $(TABLE)/scores_*.json
 	cp $(BENCH)/eval/results.md $(BENCH)/eval/results.csv $(BENCH)/eval/transfer.csv $(BENCH)/eval/lodo.csv $(BENCH)/eval/*.png $(BENCH)/eval/scores_*.json $(BENCH)/eval/results.json $(TABLE)/

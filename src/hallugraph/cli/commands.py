@@ -140,21 +140,27 @@ def cmd_stats(runs: Sequence[str], prune: bool, progress: bool) -> int:
 
 def cmd_evaluate(args: argparse.Namespace, runs: Sequence[str], out: str | None) -> int:
     from hallugraph.evaluation import evaluate
+    from hallugraph.evaluation.parallel import WorkerCrash
 
     names = [d.strip() for d in args.detectors.split(",")] if args.detectors else None
     out_dir = Path(out) if out else Path(runs[0]).parent / "eval"
-    report = evaluate(
-        list(runs),
-        names,
-        seed=args.seed,
-        out_dir=out_dir,
-        bootstrap=args.bootstrap,
-        folds=args.folds,
-        repeats=args.repeats,
-        transfer=not getattr(args, "no_transfer", False),
-        lodo=not getattr(args, "no_lodo", False),
-        progress=not args.no_progress,
-    )
+    try:
+        report = evaluate(
+            list(runs),
+            names,
+            seed=args.seed,
+            out_dir=out_dir,
+            bootstrap=args.bootstrap,
+            folds=args.folds,
+            repeats=args.repeats,
+            transfer=not getattr(args, "no_transfer", False),
+            lodo=not getattr(args, "no_lodo", False),
+            progress=not args.no_progress,
+            processes=getattr(args, "processes", 1),
+        )
+    except WorkerCrash as err:
+        print(f"hallugraph: error: {err}", file=sys.stderr)
+        return 3
     print(report.to_markdown())
     print(f"\nTable, CSV/JSON and plots in {out_dir}; {report.cells}")
     failed = report.failed_everywhere()

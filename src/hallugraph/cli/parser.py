@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cv_args(p, folds=5, repeats=3)
     p.add_argument("--no-transfer", action="store_true", help="skip cross-dataset transfer")
     p.add_argument("--no-lodo", action="store_true", help="skip leave-one-dataset-out")
+    p.add_argument(
+        "--processes", type=int, default=1, help="worker processes for the cells (1 thread each)"
+    )
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("graph", help="draw one trace's attention graph at one layer (PNG)")

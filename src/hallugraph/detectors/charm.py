@@ -50,7 +50,14 @@ multiply-adds per edge forward). With the default budget a SmolLM2 trace has ~40
 600 such graphs take ~2-3 s per epoch on one CPU core, so a ``fit`` (3 seeds, up to 75 epochs
 each, early stopping) takes ~2-9 minutes. Small graphs on a shared machine run several times
 faster with ``torch.set_num_threads(1)`` than with two threads competing for two busy cores (the
-detector never changes the thread count). Padding slots are never materialised.
+detector never changes the thread count; the evaluation's cells are single-threaded). Padding
+slots are never materialised. The graphs are converted once per ``fit`` / ``predict_proba``
+(:meth:`~hallugraph.detectors.charm_net.GraphArrays.prepare`: standardized float32 node rows,
+edge lists) and each batch only gathers rows of them; the validation batches are built once.
+Measured (AMD EPYC, no AMX, one thread, loaded machine; TriviaQA run of 300 answers, one CV
+cell fitting 113 answers): 3 seeds stop after 25 / 29 / 23 epochs (best epochs 4 / 8 / 2), fit
+~28-31 CPU s, i.e. ~0.25 CPU s per fitted answer, ~4 ms per training graph and epoch; scoring
+~9 ms per answer (see ``docs/BENCHMARKS.md``, "CHARM's cost").
 
 A training set with a single class gives a constant score (that class). ``fit_seconds_`` holds
 the wall time of the last ``fit``; ``history_`` the epochs, best epoch and validation AUPR of
@@ -67,7 +74,7 @@ import numpy as np
 from scipy.special import expit
 
 from hallugraph.detectors.base import Detector, register
-from hallugraph.detectors.charm_net import GraphArrays, charm_model_class
+from hallugraph.detectors.charm_net import GraphArrays, PreparedGraphs, charm_model_class
 from hallugraph.features import FeatureTable
 
 PAPER = (
@@ -162,19 +169,24 @@ class Charm(Detector):
             return np.arange(n), None
         return tr, va
 
-    def _logits(self, model: Any, G: GraphArrays, idx: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _batches(P: PreparedGraphs, idx: np.ndarray) -> list[dict[str, Any]]:
+        """The scoring batches (128 graphs) of ``idx``."""
+        return [P.batch(idx[start : start + 128]) for start in range(0, len(idx), 128)]
+
+    @staticmethod
+    def _logits(model: Any, batches: list[dict[str, Any]]) -> np.ndarray:
         import torch
 
         out = []
         model.eval()
         with torch.no_grad():
-            for start in range(0, len(idx), 128):
-                g = G.batch(idx[start : start + 128], self.mean_, self.std_)
+            for g in batches:
                 out.append(model(g).numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def _train_one(
-        self, G: GraphArrays, y: np.ndarray, tr: np.ndarray, va: np.ndarray | None, seed: int
+        self, P: PreparedGraphs, y: np.ndarray, tr: np.ndarray, va: np.ndarray | None, seed: int
     ) -> tuple[Any, dict[str, Any]]:
         import torch
 
@@ -183,7 +195,8 @@ class Charm(Detector):
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         cls = charm_model_class()
-        model = cls(3 + G.F, G.D, G.F + 2, self.hidden, self.layers, self.dropout)
+        _, _, F, D = self.shape_
+        model = cls(3 + F, D, F + 2, self.hidden, self.layers, self.dropout)
         decay, rest = model.decay_params()
         groups = [{"params": rest, "weight_decay": 0.0}]
         if decay:
@@ -194,6 +207,7 @@ class Charm(Detector):
         pos_weight = (len(tr) - n_pos) / n_pos if self.balanced and n_pos > 0 else 1.0
         loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
         yt = torch.from_numpy(y.astype(np.float32))
+        val_batches = self._batches(P, va) if va is not None else []
         best, best_state, best_epoch, stale, epoch = -np.inf, None, -1, 0, -1
         for epoch in range(self.epochs):
             model.train()
@@ -201,12 +215,12 @@ class Charm(Detector):
             for start in range(0, len(order), self.batch_size):
                 bi = order[start : start + self.batch_size]
                 opt.zero_grad()
-                loss = loss_fn(model(G.batch(bi, self.mean_, self.std_)), yt[bi])
+                loss = loss_fn(model(P.batch(bi)), yt[bi])
                 loss.backward()
                 opt.step()
             if va is None:
                 continue
-            score = float(average_precision(y[va], self._logits(model, G, va)))
+            score = float(average_precision(y[va], self._logits(model, val_batches)))
             sched.step(score)
             if score > best:
                 best, best_epoch, stale = score, epoch, 0
@@ -236,8 +250,9 @@ class Charm(Detector):
         tr, va = self._split(X, y)
         self.mean_, self.std_ = GraphArrays(G.nodes[tr], G.edges[tr]).node_stats()
         self.shape_ = G.shape
+        P = G.prepare(self.mean_, self.std_)
         for s in range(self.n_seeds):
-            model, info = self._train_one(G, y, tr, va, self.seed + s)
+            model, info = self._train_one(P, y, tr, va, self.seed + s)
             self.models_.append(model)
             self.history_.append(info)
         self.fit_seconds_ = time.perf_counter() - t0
@@ -252,6 +267,6 @@ class Charm(Detector):
                 f"CHARM graphs of shape {G.shape} but the detector was fitted on {self.shape_} "
                 "(N, E, F, D): another model or other statistic parameters"
             )
-        idx = np.arange(len(G))
-        probs = [expit(self._logits(m, G, idx).astype(np.float64)) for m in self.models_]
+        batches = self._batches(G.prepare(self.mean_, self.std_), np.arange(len(G)))
+        probs = [expit(self._logits(m, batches).astype(np.float64)) for m in self.models_]
         return np.mean(probs, axis=0)

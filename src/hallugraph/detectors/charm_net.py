@@ -3,6 +3,7 @@ and the edge-feature message-passing model (:func:`charm_model_class`, torch imp
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -59,11 +60,14 @@ class GraphArrays:
         self-attention; ``x_act`` ``[n_nodes, D]`` standardized activations; ``edge_index``
         ``[2, E]`` (row 0 = source key, row 1 = target query); ``edge_attr`` ``[E, F + 2]`` =
         scores, then the marks prompt -> answer, answer -> answer; ``pool`` indices of the answer
-        nodes and ``pool_batch`` their graph.
+        nodes and ``pool_batch`` their graph. Training builds many batches of the same graphs:
+        :meth:`prepare` converts them once, and its batches are these.
         """
-        import torch
+        return _tensors(self._union(np.asarray(idx), mean, std), len(idx))
 
-        idx = np.asarray(idx)
+    def _union(self, idx: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`batch` as numpy arrays, with ``graph`` (each node's graph in the batch) and
+        ``edge_graph`` (each edge's)."""
         B, N, F = len(idx), self.N, self.F
         nodes = self.nodes[idx]  # [B, N, C] fp16
         real = (nodes[..., 0] > 0).reshape(-1)
@@ -78,26 +82,113 @@ class GraphArrays:
         b, r = np.nonzero(edges[..., 1])
         src = compact[b * N + edges[b, r, 0].astype(np.int64) - 1]
         dst = compact[b * N + edges[b, r, 1].astype(np.int64) - 1]
-        from_prompt = (kind[src] == NODE_PROMPT).astype(np.float32)
-        attr = np.concatenate(
-            [
-                edges[b, r, 2:].astype(np.float32) / CODE_SCALE,
-                from_prompt[:, None],
-                1.0 - from_prompt[:, None],
-            ],
-            axis=1,
-        )
-        ans = np.flatnonzero(kind == NODE_ANSWER)
-        graph = np.repeat(np.arange(B), N)[real]
         return {
-            "x_att": torch.from_numpy(np.ascontiguousarray(x_att, dtype=np.float32)),
-            "x_act": torch.from_numpy(np.ascontiguousarray(x_act, dtype=np.float32)),
-            "edge_index": torch.from_numpy(np.stack([src, dst]).astype(np.int64)),
-            "edge_attr": torch.from_numpy(np.ascontiguousarray(attr, dtype=np.float32)),
-            "pool": torch.from_numpy(ans.astype(np.int64)),
-            "pool_batch": torch.from_numpy(graph[ans].astype(np.int64)),
-            "num_graphs": B,
+            "x_att": np.ascontiguousarray(x_att, dtype=np.float32),
+            "x_act": np.ascontiguousarray(x_act, dtype=np.float32),
+            "src": src.astype(np.int64),
+            "dst": dst.astype(np.int64),
+            "codes": edges[b, r, 2:],
+            "from_prompt": kind[src] == NODE_PROMPT,
+            "answer": kind == NODE_ANSWER,
+            "graph": np.repeat(np.arange(B), N)[real],
+            "edge_graph": b.astype(np.int64),
         }
+
+    def prepare(self, mean: np.ndarray, std: np.ndarray, chunk: int = 256) -> PreparedGraphs:
+        """Every graph converted once (standardized float32 features of the real nodes, edge
+        lists; the edge scores stay uint8 codes, converted per batch):
+        :meth:`PreparedGraphs.batch` then only gathers rows, and gives the tensors :meth:`batch`
+        gives, bit for bit."""
+        parts = [
+            self._union(np.arange(s, min(s + chunk, len(self))), mean, std)
+            for s in range(0, len(self), chunk)
+        ]
+        return PreparedGraphs(
+            parts, [min(chunk, len(self) - s) for s in range(0, len(self), chunk)]
+        )
+
+
+class PreparedGraphs:
+    """The graphs of a :class:`GraphArrays` converted once (:meth:`GraphArrays.prepare`): node
+    rows and edge rows of every graph, graph after graph, edges with graph-local node indices."""
+
+    def __init__(self, parts: list[dict[str, np.ndarray]], sizes: list[int]) -> None:
+        node_n, edge_n, local_src, local_dst = [], [], [], []
+        for part, size in zip(parts, sizes, strict=True):
+            nn_ = np.bincount(part["graph"], minlength=size)
+            ne = np.bincount(part["edge_graph"], minlength=size)
+            start = np.concatenate([[0], np.cumsum(nn_)[:-1]])
+            local_src.append(part["src"] - start[part["edge_graph"]])
+            local_dst.append(part["dst"] - start[part["edge_graph"]])
+            node_n.append(nn_)
+            edge_n.append(ne)
+        cat = functools.partial(np.concatenate, axis=0)
+        self.x_att = cat([p["x_att"] for p in parts]) if parts else np.zeros((0, 0), np.float32)
+        self.x_act = cat([p["x_act"] for p in parts]) if parts else np.zeros((0, 0), np.float32)
+        self.codes = cat([p["codes"] for p in parts]) if parts else np.zeros((0, 0), np.uint8)
+        self.from_prompt = cat([p["from_prompt"] for p in parts]) if parts else np.zeros(0, bool)
+        self.answer = cat([p["answer"] for p in parts]) if parts else np.zeros(0, bool)
+        self.src = cat(local_src) if parts else np.zeros(0, np.int64)
+        self.dst = cat(local_dst) if parts else np.zeros(0, np.int64)
+        self.node_n = cat(node_n) if parts else np.zeros(0, np.int64)
+        self.edge_n = cat(edge_n) if parts else np.zeros(0, np.int64)
+        self.node_start = np.concatenate([[0], np.cumsum(self.node_n)[:-1]]).astype(np.int64)
+        self.edge_start = np.concatenate([[0], np.cumsum(self.edge_n)[:-1]]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.node_n)
+
+    def batch(self, idx: np.ndarray) -> dict[str, Any]:
+        """:meth:`GraphArrays.batch` of the graphs ``idx`` (the same tensors)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        nn_, ne = self.node_n[idx], self.edge_n[idx]
+        n_before = np.cumsum(nn_) - nn_  # each graph's first node in the batch
+        rows = _ranges(self.node_start[idx], nn_)
+        erows = _ranges(self.edge_start[idx], ne)
+        shift = np.repeat(n_before, ne)
+        graph = np.repeat(np.arange(len(idx)), nn_)
+        union = {
+            "x_att": self.x_att[rows],
+            "x_act": self.x_act[rows],
+            "src": self.src[erows] + shift,
+            "dst": self.dst[erows] + shift,
+            "codes": self.codes[erows],
+            "from_prompt": self.from_prompt[erows],
+            "answer": self.answer[rows],
+            "graph": graph,
+        }
+        return _tensors(union, len(idx))
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + c) for s, c in zip(starts, counts)])``, vectorized."""
+    total = int(counts.sum())
+    before = np.cumsum(counts) - counts
+    return np.repeat(starts - before, counts) + np.arange(total, dtype=np.int64)
+
+
+def _tensors(u: dict[str, np.ndarray], n_graphs: int) -> dict[str, Any]:
+    import torch
+
+    ans = np.flatnonzero(u["answer"])
+    from_prompt = u["from_prompt"].astype(np.float32)
+    attr = np.concatenate(  # edge scores as float32 per batch: uint8 codes are 4x smaller
+        [
+            u["codes"].astype(np.float32) / CODE_SCALE,
+            from_prompt[:, None],
+            1.0 - from_prompt[:, None],
+        ],
+        axis=1,
+    )
+    return {
+        "x_att": torch.from_numpy(np.ascontiguousarray(u["x_att"])),
+        "x_act": torch.from_numpy(np.ascontiguousarray(u["x_act"])),
+        "edge_index": torch.from_numpy(np.stack([u["src"], u["dst"]]).astype(np.int64)),
+        "edge_attr": torch.from_numpy(np.ascontiguousarray(attr, dtype=np.float32)),
+        "pool": torch.from_numpy(ans.astype(np.int64)),
+        "pool_batch": torch.from_numpy(u["graph"][ans].astype(np.int64)),
+        "num_graphs": n_graphs,
+    }
 
 
 _MODEL_CLASS: Any = None

@@ -4,7 +4,8 @@ CIs, paired comparisons, transfer and leave-one-dataset-out.
 :mod:`.protocol` (:func:`evaluate`), :mod:`.cv` (folds, one detector's out-of-fold scores),
 :mod:`.bootstrap` (question-bootstrap metrics, paired comparison, length-matched AUROC),
 :mod:`.transfer` (transfer, leave-one-dataset-out), :mod:`.report` / :mod:`.tables` /
-:mod:`.plots` (files), :mod:`.cells` (checkpoints, resume), :mod:`.memory`,
+:mod:`.plots` (files), :mod:`.cells` (checkpoints, resume), :mod:`.parallel` (cells computed
+by worker processes), :mod:`.memory`,
 :mod:`.hypotheses` (the graph-topology hypothesis test).
 Folds and plain metrics are :mod:`hallugraph.splits` and :mod:`hallugraph.metrics` (the
 detectors use them too).

@@ -30,6 +30,7 @@ the seconds and megabytes measured when it was computed).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -37,7 +38,7 @@ import logging
 import random
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,8 +49,9 @@ from hallugraph.io import atomic_write_text, jsonable
 
 log = logging.getLogger(__name__)
 
-CELL_FORMAT = 1
-"""Version of the cells' layout and content; a change recomputes every cell."""
+CELL_FORMAT = 2
+"""Version of the cells' layout and content; a change recomputes every cell. 2: every cell
+computed single-threaded (:func:`single_threaded`)."""
 CELL_DIR = "cells"
 LABEL_FIELDS = ("label", "label_rule", "label_details")
 """Manifest fields written by ``hallugraph label``: a run's data identity leaves them out."""
@@ -153,6 +155,25 @@ def seed_globals(seed: int) -> None:
         sys.modules["torch"].manual_seed(seed)
 
 
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """One torch thread and one BLAS / OpenMP thread (threadpoolctl) inside; the previous
+    settings restored after. Every cell is computed so, in one process or in workers
+    (:mod:`hallugraph.evaluation.parallel`): a cell's numbers never depend on the thread
+    count it was computed with (a sum over threads may round differently), so cells computed
+    with any ``--processes`` are the same and can be mixed."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "x"
 
@@ -188,6 +209,7 @@ class CellStore:
         self.ready: set[Path] = set()
         self.finished: set[Path] = set()
         self.bar: Any = None
+        self.elsewhere: set[Path] = set()
 
     def path(self, *parts: str) -> Path | None:
         if self.root is None:
@@ -246,7 +268,8 @@ class CellStore:
                 except (CellError, ValueError, KeyError, TypeError) as err:
                     why = f"damaged: {err}"
                 else:
-                    self.counts["read"] += 1
+                    self.counts["read" if path not in self.elsewhere else "computed"] += 1
+                    self.elsewhere.discard(path)
                     self.done(path)
                     return out
             if why.startswith("damaged"):
@@ -255,7 +278,8 @@ class CellStore:
             elif why.startswith("stale"):
                 self.counts["stale"] += 1
                 log.info("cell %s is %s changed; recomputing it", path, why)
-        result = compute()
+        with single_threaded():
+            result = compute()
         payload = {
             "format": CELL_FORMAT,
             "key": key,
@@ -273,6 +297,14 @@ class CellStore:
             self.counts["failed"] += 1
         self.done(path)
         return decode(json.loads(text)["result"])
+
+    def computed_elsewhere(self, path: Path, counts: dict[str, int]) -> None:
+        """A worker process computed and wrote the cell at ``path`` (it found it ``counts``
+        stale or damaged): done, and counted as computed when it is read."""
+        self.elsewhere.add(path)
+        for k in ("stale", "damaged"):
+            self.counts[k] += int(counts.get(k, 0))
+        self.done(path)
 
     def done(self, path: Path | None) -> None:
         """A cell is finished (read, computed, or given up with its detector)."""

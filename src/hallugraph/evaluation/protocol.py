@@ -23,6 +23,7 @@ from hallugraph.evaluation.bootstrap import (
 )
 from hallugraph.evaluation.cells import CELL_DIR, CellStore, detector_identity
 from hallugraph.evaluation.cv import Run, cross_validate, cv_cells, instantiate, load_runs
+from hallugraph.evaluation.parallel import Setup, compute_cells, tasks_of
 from hallugraph.evaluation.report import FUSION, EvalReport, best_single
 from hallugraph.evaluation.transfer import (
     Unseen,
@@ -167,27 +168,35 @@ def _plan(
     unseen_idx: Unseen | None,
     transfer: bool,
     lodo: bool,
-) -> tuple[int, set[str]]:
+) -> tuple[int, set[str], list[tuple[tuple[Any, ...], Any, dict[str, Any]]]]:
     """Count every cell of the evaluation and note those already computed with the same key
-    (:meth:`CellStore.peek`); returns the count and the runs whose CV cells are all ready."""
-    total, complete = 0, set()
+    (:meth:`CellStore.peek`); returns the count, the runs whose CV cells are all ready and the
+    missing cells (:class:`~hallugraph.evaluation.parallel.Task`'s ``what``, path, key parts)."""
+    total, complete, missing = 0, set(), []
     idents = {name: detector_identity(name, instantiate(spec, seed)) for name, spec in specs}
-    for run in loaded:
+    for ri, run in enumerate(loaded):
         ready = True
-        for name, _ in specs:
-            for *_, path, parts in cv_cells(run, idents[name], seed, store):
+        for di, (name, _) in enumerate(specs):
+            for r, k, _te, path, parts in cv_cells(run, idents[name], seed, store):
                 total += 1
-                ready = store.peek(path, parts) and ready
+                if not store.peek(path, parts):
+                    ready = False
+                    missing.append((("cv", ri, di, r, k), path, parts))
         if ready:
             complete.add(run.name)
     if unseen_idx is not None:
-        for name, _ in specs:
+        for di, (name, _) in enumerate(specs):
             for i in range(len(loaded)):
-                for on, cell in ((transfer, transfer_cell), (lodo, lodo_cell)):
+                for on, kind, cell in (
+                    (transfer, "transfer", transfer_cell),
+                    (lodo, "lodo", lodo_cell),
+                ):
                     if on:
                         total += 1
-                        store.peek(*cell(loaded, i, idents[name], seed, unseen_idx, store))
-    return total, complete
+                        path, parts = cell(loaded, i, idents[name], seed, unseen_idx, store)
+                        if not store.peek(path, parts):
+                            missing.append(((kind, di, i), path, parts))
+    return total, complete, missing
 
 
 def evaluate(
@@ -203,6 +212,7 @@ def evaluate(
     lodo: bool = True,
     progress: bool = True,
     cells: bool = True,
+    processes: int = 1,
 ) -> EvalReport:
     """Benchmark ``detectors`` (names, Detector classes or unfitted instances; default: every
     registered detector) on labeled ``runs`` (one per dataset) with ``repeats`` x ``folds``
@@ -221,6 +231,8 @@ def evaluate(
         runs = [runs]
     if not runs:
         raise ValueError("no runs to evaluate")
+    if processes < 1 or (processes > 1 and not cells):
+        raise ValueError(f"processes={processes}: 1, or more with cells (the workers write them)")
     specs = _resolve(detectors)
     warnings: list[str] = []
     loaded = load_runs(
@@ -242,7 +254,7 @@ def evaluate(
     store = CellStore(out / CELL_DIR if cells else None)
     several = len(loaded) > 1 and (transfer or lodo)
     unseen_idx = Unseen(loaded) if several else None
-    total, complete = _plan(loaded, specs, seed, store, unseen_idx, transfer, lodo)
+    total, complete, missing = _plan(loaded, specs, seed, store, unseen_idx, transfer, lodo)
     if store.ready:
         log.warning("%d of %d cells already computed in %s", len(store.ready), total, store.root)
     results: list[dict[str, Any]] = []
@@ -256,6 +268,13 @@ def evaluate(
         for run in loaded:
             if run.name not in complete:
                 _precompute_stats(run, specs, progress)
+        if processes > 1 and store.root is not None:
+            setup = Setup(
+                tuple(str(r) for r in runs), tuple(specs), seed, folds, repeats, bootstrap,
+                str(store.root), unseen_idx is not None,
+            )  # fmt: skip
+            compute_cells(setup, tasks_of(missing), processes, store, bar)
+        for run in loaded:
             for name, spec in specs:
                 bar.set_postfix_str(f"cv {run.name} / {name}")
                 row, fw = _evaluate_one(run, name, spec, seed, oof, store)
