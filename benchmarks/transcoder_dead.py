@@ -1,0 +1,288 @@
+"""Dead features of the skip transcoders: short runs on a few layers from cached activations.
+
+``capture``: one bfloat16 forward (as in training) over the first ``--train-tokens`` tokens of
+the training plan of a preset (prompt pool) and over the held-out texts of ``transcoders eval``
+(HaluEval-QA, TriviaQA), keeping the MLP inputs / outputs of ``--layers`` only (the forward
+stops after the last of them) in ``--cache`` (bfloat16 safetensors, position 0 and padding left
+out as in training).
+
+``run``: for each variant of the training settings, trains the sparse part of those layers on
+the cached training tokens (the same batches, in the same order, for every variant; the skip
+is taken from ``--skip-from``, a trained set's checkpoint, so that only the sparse part
+differs), exports it (JumpReLU + skip) and measures on the cached held-out tokens: FVU, L0,
+the share of features never active (``dead``) and that share over the first N tokens; plus
+the training-time share of features inactive for the last ``dead_tokens``.
+
+    python benchmarks/transcoder_dead.py capture --layers 4,10,16 --train-tokens 120000
+    python benchmarks/transcoder_dead.py run --variants v2,fixed --dead-tokens 20000 \\
+        --resample-every 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hallugraph.attribution.transcoders.config import PRESETS
+from hallugraph.attribution.transcoders.model import SkipTranscoder, exported_forward
+from hallugraph.config import cpu_name
+
+CACHE = Path("runs/transcoder_dead")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _capture(model, ids: list[np.ndarray], pad: int, layers: list[int]):
+    n = max(len(s) for s in ids)
+    batch = torch.full((len(ids), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), n), dtype=torch.long)
+    for i, s in enumerate(ids):
+        batch[i, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+        mask[i, : len(s)] = 1
+    keep = mask.bool()
+    keep[:, 0] = False
+    got: dict[str, torch.Tensor] = {}
+    handles = []
+    last = max(layers)
+
+    def hook(key: str, stop: bool):
+        def f(m, a, o):
+            got[key] = o[keep].to(torch.bfloat16)
+            if stop:
+                raise _Stop
+
+        return f
+
+    for i in layers:
+        layer = model.model.layers[i]
+        handles.append(layer.post_attention_layernorm.register_forward_hook(hook(f"x{i}", False)))
+        handles.append(layer.mlp.register_forward_hook(hook(f"y{i}", i == last)))
+    try:
+        with torch.no_grad():
+            model.model(input_ids=batch, attention_mask=mask, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return got
+
+
+def capture(args: argparse.Namespace) -> None:
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from hallugraph.attribution.transcoders.corpus import BatchPlan, build_corpus, eval_texts
+    from hallugraph.models import load_model
+
+    layers = [int(v) for v in args.layers.split(",")]
+    cfg = PRESETS[args.preset][0]
+    lm = load_model("smollm2_135M", dtype="bfloat16", device="cpu", attn_implementation="sdpa")
+    pad = lm.tokenizer.pad_token_id or 0
+    corpus = build_corpus(lm, window=cfg.window, sources=cfg.sources)
+    plan = BatchPlan(corpus, cfg.batch_tokens, cfg.prompt_share, cfg.seed)
+    add = not lm.use_chat_template
+    held = eval_texts(lm, None, None, max_tokens=args.eval_tokens)
+    jobs: dict[str, list[list[np.ndarray]]] = {"train": []}
+    n, b = 0, args.first_batch
+    while n < args.train_tokens:
+        seqs = [corpus.seq(int(j)) for j in plan.batch(b)]
+        jobs["train"].append(seqs)
+        n += sum(len(s) - 1 for s in seqs)
+        b += 1
+    for name, texts in held.items():
+        enc = [np.asarray(s) for s in lm.tokenizer(texts, add_special_tokens=add)["input_ids"]]
+        jobs[name] = [enc[i : i + 8] for i in range(0, len(enc), 8)]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    for name, batches in jobs.items():
+        parts: dict[str, list[torch.Tensor]] = {}
+        sizes = []
+        for seqs in tqdm(batches, desc=name):
+            got = _capture(lm.model, seqs, pad, layers)
+            for k, v in got.items():
+                parts.setdefault(k, []).append(v)
+            sizes.append(int(got[f"x{layers[0]}"].shape[0]))
+        out = {k: torch.cat(v) for k, v in parts.items()}
+        out["batch_sizes"] = torch.tensor(sizes)
+        save_file(out, str(CACHE / f"{name}.safetensors"))
+        print(name, "tokens", sum(sizes), flush=True)
+
+
+def _variants(args: argparse.Namespace) -> dict[str, dict]:
+    base = {
+        "k": 48,
+        "k_aux": 256,
+        "aux_coef": 1 / 32,
+        "dead_tokens": args.dead_tokens,
+        "resample_every": args.resample_every,
+        "resample": "v2",
+    }
+    return {
+        "v2": dict(base),
+        "fixed": dict(base, resample="fixed"),
+        "fixed_aux": dict(base, resample="fixed", aux_coef=1 / 8),
+        "none": dict(base, resample_every=0),
+    }
+
+
+def _train_layer(i: int, v: dict, t: dict, args, skip: dict) -> SkipTranscoder:
+    cfg = PRESETS[args.preset][0]
+    x_all, y_all = t[f"x{i}"], t[f"y{i}"]
+    sizes = t["batch_sizes"].tolist()
+    tc = SkipTranscoder(x_all.shape[1], cfg.width, v["k"], seed=cfg.seed * 1000 + i)
+    tc.set_skip(skip[f"W_skip{i}"], skip[f"b_skip{i}"])
+    pool = min(cfg.width * 2, x_all.shape[0])
+    x0, y0 = x_all[:pool].float(), y_all[:pool].float()
+    r0 = y0 - tc.skip(x0)
+    tc.init_scales(x0, r0)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + i)
+    tc.init_from_data(x0, r0, gen, cfg.enc_init)
+    opt = torch.optim.Adam(tc.parameters(), lr=cfg.lr, fused=True)
+    seen, start, step = 0, 0, 0
+    for n in sizes:
+        x, y = x_all[start : start + n].float(), y_all[start : start + n].float()
+        start += n
+        r = y - tc.skip(x)
+        gen.manual_seed(cfg.seed * 1_000_003 + step * 101 + i)
+        tc.train_step(
+            x,
+            r,
+            gen=gen,
+            tokens_seen=seen,
+            dead_tokens=v["dead_tokens"],
+            k_aux=v["k_aux"],
+            aux_coef=v["aux_coef"],
+        )
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+        opt.step()
+        tc.after_step()
+        if v["resample_every"] and (step + 1) % v["resample_every"] == 0:
+            kw = {"init": "token" if v["resample"] == "v2" else "calibrated"}
+            tc.resample_dead(
+                x,
+                r,
+                tokens_seen=seen + n,
+                dead_tokens=v["dead_tokens"],
+                gen=gen,
+                opt=opt,
+                **kw,
+            )
+        seen += n
+        step += 1
+    tc.tokens_trained = seen  # type: ignore[attr-defined]
+    return tc
+
+
+@torch.no_grad()
+def _measure(tc: SkipTranscoder, held: dict, i: int) -> dict:
+    t = tc.export()
+    out = {}
+    for name, h in held.items():
+        x, y = h[f"x{i}"].float(), h[f"y{i}"].double()
+        sse, first, act = 0.0, torch.full((tc.width,), -1, dtype=torch.long), 0.0
+        for s in range(0, x.shape[0], 2048):
+            rec, a = exported_forward(t, x[s : s + 2048])
+            sse += float((rec.double() - y[s : s + 2048]).pow(2).sum())
+            on = a > 0
+            act += float(on.sum())
+            new = on.any(0) & (first < 0)
+            first[new] = s + on[:, new].float().argmax(0)
+        var = float((y - y.mean(0)).pow(2).sum())
+        n = x.shape[0]
+        curve = {
+            m: float(((first < 0) | (first >= m)).float().mean())
+            for m in (10_000, 20_000, 50_000)
+            if m <= n
+        }
+        out[name] = {
+            "fvu": sse / var,
+            "l0": act / n,
+            "dead": float((first < 0).float().mean()),
+            "dead_at": curve,
+            "tokens": n,
+        }
+    return out
+
+
+def run(args: argparse.Namespace) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(args.threads)
+    train = load_file(str(CACHE / "train.safetensors"))
+    held = {n: load_file(str(CACHE / f"{n}.safetensors")) for n in ("halueval_qa", "triviaqa")}
+    layers = sorted(int(k[1:]) for k in train if k.startswith("x"))
+    ck = Path(args.skip_from) / "checkpoint"
+    slot = json.loads((ck / "state.json").read_text())["slot"]
+    skip = {}
+    for i in layers:
+        with safe_open(str(ck / slot / f"layer_{i}.safetensors"), framework="pt") as f:
+            skip[f"W_skip{i}"] = f.get_tensor("tc.W_skip")
+            skip[f"b_skip{i}"] = f.get_tensor("tc.b_skip")
+    variants = _variants(args)
+    results = {}
+    for name in args.variants.split(","):
+        v = variants[name]
+        t0 = time.monotonic()
+        per = {}
+        for i in layers:
+            tc = _train_layer(i, v, train, args, skip)
+            m = _measure(tc, held, i)
+            last = tc.tokens_trained - tc.last_active
+            m["train_inactive_last_window"] = float((last > v["dead_tokens"]).float().mean())
+            per[i] = m
+        results[name] = {"settings": v, "layers": per, "seconds": round(time.monotonic() - t0)}
+        for i, m in per.items():
+            h, q = m["halueval_qa"], m["triviaqa"]
+            print(
+                f"{name:>10} layer {i:>2}: halueval FVU {h['fvu']:.3f} L0 {h['l0']:.1f} "
+                f"dead {h['dead']:.3f} | triviaqa FVU {q['fvu']:.3f} L0 {q['l0']:.1f} "
+                f"dead {q['dead']:.3f} | train inactive {m['train_inactive_last_window']:.3f}",
+                flush=True,
+            )
+    results["meta"] = {
+        "cpu": cpu_name(),
+        "threads": args.threads,
+        "train_tokens": int(train["batch_sizes"].sum()),
+        "held_tokens": {n: int(h["batch_sizes"].sum()) for n, h in held.items()},
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("capture")
+    c.add_argument("--layers", default="4,10,16")
+    c.add_argument("--preset", default="smollm2-135m-2h-v2")
+    c.add_argument("--train-tokens", type=int, default=120_000)
+    c.add_argument("--first-batch", type=int, default=16, help="after the v2 skip phase")
+    c.add_argument("--eval-tokens", type=int, default=60_000)
+    c.add_argument("--threads", type=int, default=1)
+    r = sub.add_parser("run")
+    r.add_argument("--preset", default="smollm2-135m-2h-v2")
+    r.add_argument("--variants", default="v2,fixed")
+    r.add_argument("--dead-tokens", type=int, default=20_000)
+    r.add_argument("--resample-every", type=int, default=10)
+    r.add_argument(
+        "--skip-from",
+        default=str(Path.home() / ".cache/hallugraph/transcoders/smollm2_135M/smollm2-135m-2h-v2"),
+    )
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    capture(args) if args.cmd == "capture" else run(args)
+
+
+if __name__ == "__main__":
+    main()
