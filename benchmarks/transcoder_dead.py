@@ -16,6 +16,11 @@ the training-time share of features inactive for the last ``dead_tokens``.
     python benchmarks/transcoder_dead.py capture --layers 4,10,16 --train-tokens 120000
     python benchmarks/transcoder_dead.py run --variants v2,fixed --dead-tokens 20000 \\
         --resample-every 10
+
+``thresholds``: FVU against L0 of a trained set's layers on the cached held-out tokens when
+its thresholds are raised by a few factors (with and without ``b_dec`` re-centred on the
+training tokens). ``curve``: the share of a trained set's features not yet active after N
+cached held-out tokens.
 """
 
 from __future__ import annotations
@@ -258,6 +263,106 @@ def run(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
 
+@torch.no_grad()
+def _sweep(t: dict, x: torch.Tensor, y: torch.Tensor, scales, shift=None) -> list[dict]:
+    """FVU / L0 of exported tensors ``t`` on ``x, y`` with the threshold × each scale."""
+    th0 = t["activation_function.threshold"]
+    var = float((y.double() - y.double().mean(0)).pow(2).sum())
+    sse = np.zeros(len(scales))
+    act = np.zeros(len(scales))
+    for s in range(0, x.shape[0], 2048):
+        xb, yb = x[s : s + 2048].float(), y[s : s + 2048].double()
+        z = torch.nn.functional.linear(xb, t["W_enc"], t["b_enc"])
+        base = xb @ t["W_skip"].T + t["b_dec"]
+        for j, c in enumerate(scales):
+            a = z * (z > th0 * c)
+            on = a > 0
+            act[j] += float(on.sum())
+            rec = base + a.to_sparse_csr() @ t["W_dec"]
+            if shift is not None:
+                rec = rec + shift[j]
+            sse[j] += float((rec.double() - yb).pow(2).sum())
+    n = x.shape[0]
+    return [{"scale": c, "l0": act[j] / n, "fvu": sse[j] / var} for j, c in enumerate(scales)]
+
+
+@torch.no_grad()
+def thresholds(args: argparse.Namespace) -> None:
+    """FVU against L0 of a trained set's layers when its thresholds are raised (held-out
+    cache), with and without re-centring ``b_dec`` on the training cache."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(args.threads)
+    scales = [float(v) for v in args.scales.split(",")]
+    train = load_file(str(CACHE / "train.safetensors"))
+    held = {n: load_file(str(CACHE / f"{n}.safetensors")) for n in ("halueval_qa", "triviaqa")}
+    layers = sorted(int(k[1:]) for k in train if k.startswith("x"))
+    out = {}
+    for i in layers:
+        t = load_file(str(Path(args.set) / f"layer_{i}.safetensors"))
+        x = train[f"x{i}"][: args.shift_tokens].float()
+        z = torch.nn.functional.linear(x, t["W_enc"], t["b_enc"])
+        th0 = t["activation_function.threshold"]
+        shift = []
+        for c in scales:
+            dropped = z * ((z > th0) & (z <= th0 * c))
+            shift.append(dropped.mean(0) @ t["W_dec"])
+        for name, h in held.items():
+            x, y = h[f"x{i}"], h[f"y{i}"]
+            plain = _sweep(t, x, y, scales)
+            shifted = _sweep(t, x, y, scales, shift)
+            for p, q in zip(plain, shifted, strict=True):
+                p["fvu_shifted"] = q["fvu"]
+            out[f"{name}/{i}"] = plain
+            for p in plain:
+                print(
+                    f"layer {i:>2} {name:>12} x{p['scale']:.2f}: L0 {p['l0']:6.1f} "
+                    f"FVU {p['fvu']:.4f} (b_dec re-centred {p['fvu_shifted']:.4f})",
+                    flush=True,
+                )
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+@torch.no_grad()
+def curve(args: argparse.Namespace) -> None:
+    """Share of a trained set's features not yet active after N held-out tokens (cached
+    layers): per held-out set and for both together (HaluEval-QA tokens first)."""
+    from safetensors.torch import load_file
+
+    held = {n: load_file(str(CACHE / f"{n}.safetensors")) for n in ("halueval_qa", "triviaqa")}
+    layers = sorted(int(k[1:]) for k in held["triviaqa"] if k.startswith("x"))
+    marks = (5_000, 10_000, 20_000, 36_000, 50_000, 100_000)
+    out: dict[str, dict] = {}
+    for i in layers:
+        t = load_file(str(Path(args.set) / f"layer_{i}.safetensors"))
+        th = t["activation_function.threshold"]
+        firsts = {}
+        for name, h in held.items():
+            x = h[f"x{i}"]
+            first = torch.full((th.shape[0],), -1, dtype=torch.long)
+            for s in range(0, x.shape[0], 2048):
+                z = torch.nn.functional.linear(x[s : s + 2048].float(), t["W_enc"], t["b_enc"])
+                on = z > th
+                new = on.any(0) & (first < 0)
+                first[new] = s + on[:, new].float().argmax(0)
+            firsts[name] = (first, x.shape[0])
+        (fh, nh), (ft, nt) = firsts["halueval_qa"], firsts["triviaqa"]
+        both = torch.where(fh >= 0, fh, torch.where(ft >= 0, ft + nh, -1))
+        firsts["both"] = (both, nh + nt)
+        for name, (first, n) in firsts.items():
+            pts = {m: float(((first < 0) | (first >= m)).float().mean()) for m in marks if m <= n}
+            pts[n] = float((first < 0).float().mean())
+            out[f"{name}/{i}"] = pts
+            print(
+                f"layer {i:>2} {name:>12}: "
+                + ", ".join(f"{m // 1000}k {100 * v:.1f}%" for m, v in pts.items()),
+                flush=True,
+            )
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -279,9 +384,22 @@ def main() -> None:
     )
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--json", default=None)
+    th = sub.add_parser("thresholds")
+    th.add_argument(
+        "--set",
+        default=str(Path.home() / ".cache/hallugraph/transcoders/smollm2_135M/smollm2-135m-2h-v2"),
+    )
+    th.add_argument("--scales", default="1,1.05,1.1,1.15,1.2,1.3")
+    th.add_argument("--shift-tokens", type=int, default=20_000)
+    th.add_argument("--threads", type=int, default=1)
+    th.add_argument("--json", default=None)
+    cu = sub.add_parser("curve")
+    cu.add_argument("--set", default=th.get_default("set"))
+    cu.add_argument("--threads", type=int, default=1)
+    cu.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    capture(args) if args.cmd == "capture" else run(args)
+    {"capture": capture, "run": run, "thresholds": thresholds, "curve": curve}[args.cmd](args)
 
 
 if __name__ == "__main__":

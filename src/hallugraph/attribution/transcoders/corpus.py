@@ -61,7 +61,7 @@ __all__ = [
 
 TRIVIAQA_START = 5000
 #: default held-out tokens per set of :func:`eval_texts` (``--eval-tokens`` / ``eval --tokens``)
-EVAL_TOKENS = 100_000
+EVAL_TOKENS = 50_000
 #: name -> (path, Debian package, licence)
 GENERAL_SOURCES: dict[str, tuple[str, str, str]] = {
     "python_docs": ("/usr/share/doc/python3.11/html/_sources", "python3.11-doc", "PSF-2.0"),
