@@ -314,12 +314,18 @@ def test_cli_train_and_eval(tiny_lm, tmp_path, capsys, monkeypatch):
     out = tmp_path / "tc"
     argv = ["transcoders", "train", "--model", str(model_dir), "--out", str(out)]
     argv += ["--tokens", "300", "--width", "48", "--k", "4", "--batch-tokens", "96"]
-    argv += ["--window", "32", "--skip-tokens", "100", "--no-progress"]
+    argv += ["--window", "32", "--skip-tokens", "100", "--no-progress", "--export-l0", "2"]
+    import hallugraph.attribution.transcoders.corpus as corpus_mod
+
+    monkeypatch.setattr(corpus_mod, "calibration_texts", lambda lm, d=None, n=None: TEXTS[6:12])
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "FVU" in printed and '"exported": true' in printed
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["width"] == 48 and manifest["tokens"] >= 300
+    # export calibrated to L0 2 on the calibration texts
+    cal = manifest["calibration"]
+    assert cal["target_l0"] == 2.0 and cal["l0_mean"] <= 2.0 < cal["l0_before_mean"]
     assert set(manifest["eval"]["tables"]) == {"x", "y", "all"}
     assert (out / "layer_1.safetensors").is_file() and (out / "skip.safetensors").is_file()
     assert (
