@@ -12,7 +12,8 @@ from hallugraph.attribution.transcoders import SkipTranscoder, evaluate_set, loa
 from hallugraph.attribution.transcoders.calibrate import (
     activation_tails,
     calibrate_set,
-    threshold_for_l0,
+    feature_caps,
+    thresholds_for_l0,
 )
 from hallugraph.attribution.transcoders.config import TrainConfig
 from hallugraph.attribution.transcoders.io import write_manifest, write_transcoder_set
@@ -44,12 +45,28 @@ def _layers(n_layers: int, d: int, width: int) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def test_threshold_for_l0_counts_exactly():
-    v = torch.arange(1.0, 101.0)  # 100 active entries on 10 tokens: L0 10
-    assert threshold_for_l0(v, 10, 12.0) is None  # already below the target
-    th = threshold_for_l0(v, 10, 3.0)
-    assert int((v > th).sum()) == 30 and th == 70.0
-    assert int((v > threshold_for_l0(v, 10, 2.55)).sum()) == 25
+def test_thresholds_for_l0_cut_to_the_target_but_keep_every_feature():
+    # 10 tokens; feature 0 fires 60 times (values 41..100), feature 1 30 times (11..40),
+    # feature 2 three times (1, 2, 3: rare), all above their old threshold 0.5
+    vals = torch.cat(
+        [torch.arange(41.0, 101.0), torch.arange(11.0, 41.0), torch.tensor([1.0, 2, 3])]
+    )
+    cols = torch.tensor([0] * 60 + [1] * 30 + [2] * 3)
+    old = torch.full((3,), 0.5)
+    cap = feature_caps(vals, cols, old, keep=4)
+    assert cap.tolist() == [96.0, 36.0, 0.5]  # the 5th largest; rare feature 2 left as it was
+    th, theta = thresholds_for_l0(vals, cols, 10, 3.0, old, keep=4)
+    on = vals > th[cols]
+    assert int(on.sum()) <= 30 and int(on.sum()) >= 29  # L0 3 on 10 tokens
+    kept = [int(on[cols == f].sum()) for f in range(3)]
+    assert kept[0] >= 4 and kept[1] >= 4 and kept[2] == 3  # nobody switched off
+    assert (th >= old).all() and theta is not None
+    # keep = 0: one global cut, the rare feature goes
+    th0, _ = thresholds_for_l0(vals, cols, 10, 3.0, old, keep=0)
+    assert int((vals > th0[cols])[cols == 2].sum()) == 0
+    # already below the target: nothing changes
+    same, none = thresholds_for_l0(vals, cols, 10, 12.0, old)
+    assert none is None and torch.equal(same, old)
 
 
 def test_calibrated_set_meets_the_target_and_never_lowers(tiny_lm, tmp_path):
@@ -68,6 +85,7 @@ def test_calibrated_set_meets_the_target_and_never_lowers(tiny_lm, tmp_path):
     for r, rec in zip(after, entry["layers"], strict=True):
         assert r["l0"] <= 8.0 + 1e-9 and r["l0"] > 6.0  # at the target on these texts
         assert rec["l0"] == pytest.approx(r["l0"])  # the manifest's L0 is the measured one
+        assert rec["features_switched_off"] == 0 and rec["features_fired"] > 0
     for old, t in zip(layers, new, strict=True):
         th = t["activation_function.threshold"]
         assert (th >= old["activation_function.threshold"]).all()

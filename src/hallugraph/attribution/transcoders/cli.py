@@ -135,6 +135,12 @@ def add_parser(sub: Any) -> None:
     c.add_argument("out", help="new set folder (may be SET itself)")
     c.add_argument("--l0", type=float, required=True, help="target mean L0 per layer")
     c.add_argument("--tokens", type=int, default=20_000, help="calibration tokens")
+    c.add_argument(
+        "--keep",
+        type=int,
+        default=4,
+        help="every feature keeps firing on its KEEP largest calibration activations (0: one cut)",
+    )
     c.add_argument("--model", default="smollm2_135M")
     c.add_argument("--data-dir", default=None)
     c.add_argument("--threads", type=int, default=None)
@@ -178,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
             tokens=args.tokens,
             data_dir=args.data_dir,
             progress=not args.no_progress,
+            keep=args.keep,
         )
         keys = ("target_l0", "tokens", "l0_before_mean", "l0_mean")
         print(json.dumps({"out": args.out, **{k: entry[k] for k in keys}}))
