@@ -76,8 +76,9 @@ def feature_caps(
     values: torch.Tensor, cols: torch.Tensor, old: torch.Tensor, keep: int
 ) -> torch.Tensor:
     """Per feature, the highest threshold at which it still fires on its ``keep`` largest
-    calibration activations (its ``keep + 1``-th largest one), or its ``old`` threshold when
-    it fired ``keep`` times or fewer (rare features are left as they are)."""
+    calibration activations (just below the ``keep``-th largest: repeated contexts give tied
+    values), or its ``old`` threshold when it fired ``keep`` times or fewer (rare features are
+    left as they are). ``keep = 0``: its largest activation (it may be switched off)."""
     order = torch.argsort(values, descending=True, stable=True)
     v, c = values[order], cols[order].long()
     by_feature = torch.argsort(c, stable=True)  # grouped by feature, descending within
@@ -86,7 +87,13 @@ def feature_caps(
     starts = counts.cumsum(0) - counts
     cap = old.clone().float()
     has = counts > keep
-    cap[has] = v[starts[has] + keep]
+    if keep == 0:
+        cap[has] = v[starts[has]]
+    else:
+        top = v[starts[has] + keep - 1]
+        cap[has] = torch.maximum(
+            old.float()[has], torch.nextafter(top, torch.full_like(top, -1e30))
+        )
     return cap
 
 
