@@ -132,7 +132,6 @@ def _variants(args: argparse.Namespace) -> dict[str, dict]:
     return {
         "v2": dict(base),
         "fixed": dict(base, resample="fixed"),
-        "fixed_aux": dict(base, resample="fixed", aux_coef=1 / 8),
         "none": dict(base, resample_every=0),
     }
 
@@ -170,7 +169,7 @@ def _train_layer(i: int, v: dict, t: dict, args, skip: dict) -> SkipTranscoder:
         opt.step()
         tc.after_step()
         if v["resample_every"] and (step + 1) % v["resample_every"] == 0:
-            kw = {"init": "token" if v["resample"] == "v2" else "calibrated"}
+            init = "token" if v["resample"] == "v2" else "calibrated"
             tc.resample_dead(
                 x,
                 r,
@@ -178,7 +177,7 @@ def _train_layer(i: int, v: dict, t: dict, args, skip: dict) -> SkipTranscoder:
                 dead_tokens=v["dead_tokens"],
                 gen=gen,
                 opt=opt,
-                **kw,
+                init=init,
             )
         seen += n
         step += 1
