@@ -1,26 +1,16 @@
-"""Dead features of the skip transcoders: short runs on a few layers from cached activations.
+"""Dead features and L0 of the skip transcoders: short runs on a few layers, cached activations.
 
 ``capture``: one bfloat16 forward (as in training) over the first ``--train-tokens`` tokens of
-the training plan of a preset (prompt pool) and over the held-out texts of ``transcoders eval``
-(HaluEval-QA, TriviaQA), keeping the MLP inputs / outputs of ``--layers`` only (the forward
-stops after the last of them) in ``--cache`` (bfloat16 safetensors, position 0 and padding left
-out as in training).
+a preset's training plan and over the held-out texts of ``transcoders eval``, keeping the MLP
+inputs / outputs of ``--layers`` (position 0 and padding left out) in ``runs/transcoder_dead``.
+``run``: per variant of the resampling, trains those layers' sparse part on the cached tokens
+(same batches for every variant; the skip from ``--skip-from``'s checkpoint), exports it and
+measures FVU, L0 and the share never active on the cached held-out tokens.
+``thresholds``: FVU against L0 of a set's layers when its thresholds are raised (with and
+without ``b_dec`` re-centred). ``curve``: a set's share not yet active after N held-out tokens.
 
-``run``: for each variant of the training settings, trains the sparse part of those layers on
-the cached training tokens (the same batches, in the same order, for every variant; the skip
-is taken from ``--skip-from``, a trained set's checkpoint, so that only the sparse part
-differs), exports it (JumpReLU + skip) and measures on the cached held-out tokens: FVU, L0,
-the share of features never active (``dead``) and that share over the first N tokens; plus
-the training-time share of features inactive for the last ``dead_tokens``.
-
-    python benchmarks/transcoder_dead.py capture --layers 4,10,16 --train-tokens 120000
-    python benchmarks/transcoder_dead.py run --variants v2,fixed --dead-tokens 20000 \\
-        --resample-every 10
-
-``thresholds``: FVU against L0 of a trained set's layers on the cached held-out tokens when
-its thresholds are raised by a few factors (with and without ``b_dec`` re-centred on the
-training tokens). ``curve``: the share of a trained set's features not yet active after N
-cached held-out tokens.
+    python benchmarks/transcoder_dead.py capture --layers 4,10,16 --train-tokens 100000
+    python benchmarks/transcoder_dead.py run --variants v2,fixed,none --dead-tokens 20000
 """
 
 from __future__ import annotations
