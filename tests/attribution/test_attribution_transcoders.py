@@ -298,17 +298,25 @@ def test_cli_train_and_eval(tiny_lm, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(run_mod, "build_corpus", lambda lm, **kw: corpus)
     monkeypatch.setattr(
-        run_mod, "eval_texts", lambda lm, data_dir=None, n=200: {"x": TEXTS[:3], "y": TEXTS[3:6]}
+        run_mod,
+        "eval_texts",
+        lambda lm, data_dir=None, n=None, **kw: {"x": TEXTS[:3], "y": TEXTS[3:6]},
     )
     out = tmp_path / "tc"
     argv = ["transcoders", "train", "--model", str(model_dir), "--out", str(out)]
     argv += ["--tokens", "300", "--width", "48", "--k", "4", "--batch-tokens", "96"]
-    argv += ["--window", "32", "--skip-tokens", "100", "--no-progress"]
+    argv += ["--window", "32", "--skip-tokens", "100", "--no-progress", "--export-l0", "2"]
+    import hallugraph.attribution.transcoders.corpus as corpus_mod
+
+    monkeypatch.setattr(corpus_mod, "calibration_texts", lambda lm, d=None, n=None: TEXTS[6:12])
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "FVU" in printed and '"exported": true' in printed
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["width"] == 48 and manifest["tokens"] >= 300
+    # export calibrated to L0 2 on the calibration texts
+    cal = manifest["calibration"]
+    assert cal["target_l0"] == 2.0 and cal["l0_mean"] <= 2.0 < cal["l0_before_mean"]
     assert set(manifest["eval"]["tables"]) == {"x", "y", "all"}
     assert (out / "layer_1.safetensors").is_file() and (out / "skip.safetensors").is_file()
     assert (
@@ -355,13 +363,78 @@ def test_data_init_and_resampling_revive_features():
     tc.after_step()
     tc.last_active.zero_()
     th = float(tc.threshold)  # the running threshold after this step
-    n = tc.resample_dead(x, r, tokens_seen=1000, dead_tokens=10, gen=gen, opt=opt)
+    n = tc.resample_dead(x, r, tokens_seen=1000, dead_tokens=10, gen=gen, opt=opt, init="token")
     assert n == width and int(tc.last_active.min()) == 1000
     assert float(opt.state[tc.W_enc]["exp_avg"].abs().sum()) == 0.0
-    # a resampled feature fires at 1.5 × the threshold on the token it was drawn from
+    # "token" (v2): a resampled feature fires at 1.5 × the threshold on the token it was drawn from
     z = (x / float(tc.in_scale)) @ tc.W_enc.detach().T + tc.b_enc.detach()
     assert float(z.max(dim=0).values.min()) >= 1.5 * th - 1e-4
     assert s["l0"] > 0
+
+
+def _planted(g: torch.Generator, n: int, d: int = 32, m: int = 256):
+    """Tokens made of 3 of ``m`` atoms: a residual a sparse code explains."""
+    a_in = torch.randn(m, d, generator=torch.Generator().manual_seed(1))
+    a_out = torch.randn(m, d, generator=torch.Generator().manual_seed(2))
+    idx = torch.randint(0, m, (n, 3), generator=g)
+    c = torch.rand(n, 3, generator=g) + 0.5
+    x = (a_in[idx] * c[..., None]).sum(1) + 0.1 * torch.randn(n, d, generator=g)
+    return x, (a_out[idx] * c[..., None]).sum(1)
+
+
+def _revived(init: str) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Train, kill a quarter of the features (b_enc = -100), resample them with ``init``, train
+    60 more steps: the share of them active in the last 20."""
+    g = torch.Generator().manual_seed(0)
+    width = 128
+    tc = SkipTranscoder(32, width, 4, seed=0)
+    x, r = _planted(g, 512)
+    tc.init_scales(x, r)
+    tc.init_from_data(x, r, torch.Generator().manual_seed(0), 0.1)
+    opt = torch.optim.Adam(tc.parameters(), lr=3e-3)
+    seen = 0
+
+    def step(x, r):
+        nonlocal seen
+        tc.train_step(x, r, gen=g, tokens_seen=seen, dead_tokens=10**9, k_aux=0, aux_coef=0.0)
+        opt.step()
+        tc.after_step()
+        seen += x.shape[0]
+
+    for _ in range(40):
+        step(*_planted(g, 256))
+    dead = torch.arange(0, width, 4)
+    with torch.no_grad():
+        tc.b_enc[dead] = -100.0
+    tc.invalidate()
+    tc.last_active.fill_(seen)
+    tc.last_active[dead] = 0
+    x, r = _planted(g, 256)
+    assert (
+        tc.resample_dead(x, r, tokens_seen=seen, dead_tokens=100, gen=g, opt=opt, init=init) == 32
+    )
+    second = opt.state[tc.W_enc]["exp_avg_sq"].clone()  # right after the resampling
+    fired = torch.zeros(width, dtype=torch.bool)
+    for i in range(60):
+        before = tc.last_active.clone()
+        step(*_planted(g, 256))
+        if i >= 40:
+            fired |= tc.last_active > before
+    return float(fired[dead].float().mean()), second, dead
+
+
+def test_resampling_revives_planted_dead_features():
+    """The calibrated resampling brings every planted dead feature back for good; v2's
+    ("token": a feature that fires on its own token only, Adam's moments zeroed) loses some
+    again within 60 steps."""
+    calibrated, v, dead = _revived("calibrated")
+    token, v_token, _ = _revived("token")
+    assert calibrated == 1.0 and token < calibrated
+    # the resampled rows took the live rows' median second moments (normal-sized steps)
+    live = torch.ones(v.shape[0], dtype=torch.bool)
+    live[dead] = False
+    torch.testing.assert_close(v[dead], v[live].median(0).values.expand(len(dead), -1))
+    assert float(v_token[dead].abs().max()) == 0.0
 
 
 def test_training_text_outside_benchmark_and_eval(tiny_lm):

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from hallugraph.attribution.transcoders.corpus import EVAL_TOKENS
 from hallugraph.attribution.transcoders.train import PRESETS, TrainConfig
 
 __all__ = ["add_parser", "run"]
@@ -27,6 +28,8 @@ _FLAGS = {
     "aux_coef": float,
     "enc_init": float,
     "resample_every": int,
+    "resample_init": str,
+    "export_l0": float,
     "checkpoint_every": int,
     "seed": int,
 }
@@ -87,7 +90,13 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--data-dir", default=None, help="benchmark data folder")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
-    t.add_argument("--eval-texts", type=int, default=200, help="texts per held-out set")
+    t.add_argument("--eval-texts", type=int, default=None, help="texts per held-out set at most")
+    t.add_argument(
+        "--eval-tokens",
+        type=int,
+        default=EVAL_TOKENS,
+        help=f"tokens per held-out set (default {EVAL_TOKENS}; 0: all held-out texts)",
+    )
     t.add_argument("--no-progress", action="store_true")
     e = tsub.add_parser(
         "eval",
@@ -100,11 +109,42 @@ def add_parser(sub: Any) -> None:
     )
     e.add_argument("set", help="transcoder set folder")
     e.add_argument("--model", default="smollm2_135M")
-    e.add_argument("--max-texts", type=int, default=200, help="texts per held-out set")
+    e.add_argument("--max-texts", type=int, default=None, help="texts per held-out set at most")
+    e.add_argument(
+        "--tokens",
+        type=int,
+        default=EVAL_TOKENS,
+        help=f"tokens per held-out set (default {EVAL_TOKENS}: dead_frac counts features never "
+        "active on them, so fewer tokens count rare features as dead; 0: all held-out texts)",
+    )
     e.add_argument("--data-dir", default=None)
     e.add_argument("--json", default=None, help="also write the tables to this JSON file")
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--no-progress", action="store_true")
+    c = tsub.add_parser(
+        "calibrate",
+        help="copy a set with its JumpReLU thresholds raised to a target L0 (no retraining)",
+        description=(
+            "Write OUT: SET with each layer's JumpReLU threshold raised to the smallest value "
+            "at which the mean L0 on HaluEval-QA-format training-side text (never the "
+            "held-out text) is at most --l0; thresholds are never lowered. Then run "
+            "`transcoders eval OUT`."
+        ),
+    )
+    c.add_argument("set", help="transcoder set folder")
+    c.add_argument("out", help="new set folder (may be SET itself)")
+    c.add_argument("--l0", type=float, required=True, help="target mean L0 per layer")
+    c.add_argument("--tokens", type=int, default=20_000, help="calibration tokens")
+    c.add_argument(
+        "--keep",
+        type=int,
+        default=4,
+        help="every feature keeps firing on its KEEP largest calibration activations (0: one cut)",
+    )
+    c.add_argument("--model", default="smollm2_135M")
+    c.add_argument("--data-dir", default=None)
+    c.add_argument("--threads", type=int, default=None)
+    c.add_argument("--no-progress", action="store_true")
 
 
 def _config(args: argparse.Namespace) -> tuple[TrainConfig, int | None, float | None]:
@@ -128,6 +168,27 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.transcoders_command == "calibrate":
+        from pathlib import Path
+
+        from hallugraph.attribution.transcoders.calibrate import calibrate_set
+
+        if not (Path(args.set) / "config.yaml").exists():
+            print(f"error: {args.set} is not a transcoder set (no config.yaml)", file=sys.stderr)
+            return 2
+        entry = calibrate_set(
+            args.set,
+            args.out,
+            target_l0=args.l0,
+            model=args.model,
+            tokens=args.tokens,
+            data_dir=args.data_dir,
+            progress=not args.no_progress,
+            keep=args.keep,
+        )
+        keys = ("target_l0", "tokens", "l0_before_mean", "l0_mean")
+        print(json.dumps({"out": args.out, **{k: entry[k] for k in keys}}))
+        return 0
     if args.transcoders_command == "eval":
         from pathlib import Path
 
@@ -143,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
             args.model,
             data_dir=args.data_dir,
             max_texts=args.max_texts,
+            tokens=args.tokens or None,
             progress=not args.no_progress,
         )
         print(format_table(result["tables"]))
@@ -167,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         evaluate=not args.no_eval,
         eval_max_texts=args.eval_texts,
+        eval_tokens=args.eval_tokens or None,
         progress=not args.no_progress,
         preset=args.preset,
     )

@@ -22,8 +22,8 @@ reshuffled epochs), the rest from ``general``. Sequences of a batch have similar
 is small), ``batch_tokens`` tokens at most (padded size).
 
 **Held-out text** (:func:`eval_texts`): HaluEval-QA questions *not* in that training side (context +
-question + right answer, and + hallucinated answer) and TriviaQA records ``[0, 200)`` (question
-+ reference answer): none is trained on.
+question + right answer, then + each hallucinated answer) and TriviaQA records ``[0, 5000)``
+(question + reference answer), up to :data:`EVAL_TOKENS` tokens each: none is trained on.
 """
 
 from __future__ import annotations
@@ -47,10 +47,12 @@ from hallugraph.prompts import render_prompt
 
 __all__ = [
     "GENERAL_SOURCES",
+    "EVAL_TOKENS",
     "TRIVIAQA_START",
     "BatchPlan",
     "Corpus",
     "build_corpus",
+    "calibration_texts",
     "eval_texts",
     "general_documents",
     "halueval_train_questions",
@@ -58,7 +60,8 @@ __all__ = [
 ]
 
 TRIVIAQA_START = 5000
-TRIVIAQA_EVAL = (0, 200)
+#: default held-out tokens per set of :func:`eval_texts` (``--eval-tokens`` / ``eval --tokens``)
+EVAL_TOKENS = 50_000
 #: name -> (path, Debian package, licence)
 GENERAL_SOURCES: dict[str, tuple[str, str, str]] = {
     "python_docs": ("/usr/share/doc/python3.11/html/_sources", "python3.11-doc", "PSF-2.0"),
@@ -110,20 +113,71 @@ def prompt_texts(lm: LoadedModel, data_dir: str | os.PathLike[str] | None = None
 
 
 def eval_texts(
-    lm: LoadedModel, data_dir: str | os.PathLike[str] | None = None, max_per_set: int = 200
+    lm: LoadedModel,
+    data_dir: str | os.PathLike[str] | None = None,
+    max_per_set: int | None = None,
+    *,
+    max_tokens: int | None = EVAL_TOKENS,
 ) -> dict[str, list[str]]:
-    """Held-out texts by set: ``halueval_qa`` (context + question + answer, right and
-    hallucinated) and ``triviaqa`` (prompt + reference answer)."""
+    """Held-out texts by set: ``halueval_qa`` (context + question + answer) and ``triviaqa``
+    (prompt + reference answer), each cut at ``max_per_set`` texts and at the first text that
+    reaches ``max_tokens`` tokens (None: no limit).
+
+    HaluEval-QA: the held-out questions with their right answer first, then with their first
+    hallucinated answer, then the second (a text repeats its question's context, so this order
+    gives the most distinct tokens for a budget). TriviaQA: records from 0 up to
+    :data:`TRIVIAQA_START` (the training text starts there)."""
     from hallugraph.data import load_triviaqa
 
-    held = _halueval_sides(data_dir)[1]
-    halu: list[str] = []
-    for ex in held:
-        for answer in (*ex.references[:1], *ex.incorrect[:1]):
-            halu.append(_with_answer(lm, ex, answer))
-    a, b = TRIVIAQA_EVAL
-    tqa = [_with_answer(lm, ex, ex.references[0]) for ex in load_triviaqa(data_dir)[a:b]]
-    return {"halueval_qa": halu[:max_per_set], "triviaqa": tqa[:max_per_set]}
+    halu = _halueval_texts(lm, _halueval_sides(data_dir)[1])
+    tqa = [
+        _with_answer(lm, ex, ex.references[0] if ex.references else "")
+        for ex in load_triviaqa(data_dir)[:TRIVIAQA_START]
+    ]
+    return {
+        "halueval_qa": _cut(lm, halu, max_per_set, max_tokens),
+        "triviaqa": _cut(lm, tqa, max_per_set, max_tokens),
+    }
+
+
+def calibration_texts(
+    lm: LoadedModel,
+    data_dir: str | os.PathLike[str] | None = None,
+    max_tokens: int | None = 20_000,
+) -> list[str]:
+    """HaluEval-QA-format text from the *training* side (context + question + answer, in the
+    order of :func:`eval_texts`), up to ``max_tokens``: what export calibration reads."""
+    return _cut(lm, _halueval_texts(lm, halueval_train_questions(data_dir)), None, max_tokens)
+
+
+def _halueval_texts(lm: LoadedModel, exs: Sequence[Any]) -> list[str]:
+    """Each question with its right answer, then each with its first hallucinated one, ..."""
+    answers = [[*ex.references[:1], *ex.incorrect] for ex in exs]
+    rounds = max((len(a) for a in answers), default=0)
+    return [
+        _with_answer(lm, ex, a[j])
+        for j in range(rounds)
+        for ex, a in zip(exs, answers, strict=True)
+        if j < len(a)
+    ]
+
+
+def _cut(lm: LoadedModel, texts: list[str], n: int | None, tokens: int | None) -> list[str]:
+    """The first ``n`` texts, up to the one that brings the count of evaluated tokens (all but
+    position 0, as :func:`~.train.capture` keeps them) to ``tokens``."""
+    texts = texts[:n] if n is not None else texts
+    if tokens is None:
+        return texts
+    add = not lm.use_chat_template
+    total = 0
+    for i in range(0, len(texts), 256):
+        for j, ids in enumerate(
+            lm.tokenizer(texts[i : i + 256], add_special_tokens=add)["input_ids"]
+        ):
+            total += max(len(ids) - 1, 0)
+            if total >= tokens:
+                return texts[: i + j + 1]
+    return texts
 
 
 _WEBSTER = re.compile(r"\[(?:1913 Webster|PJC|WordNet 1\.5|Century Dict\.|Webster 1913 Suppl\.)\]")

@@ -7,7 +7,9 @@ Measured on the exported form (what attribution loads): JumpReLU with the saved 
 * ``fvu_skip``: the same for the skip alone, ``ŷ = x W_skipᵀ + b_skip`` (the least-squares
   fit before any feature was trained), i.e. what the linear path explains without features;
 * ``l0``: mean active features per token; ``dead_frac``: share of features never active on
-  the set's tokens.
+  the set's tokens; ``dead_at``: the same share over the first N tokens of the set, for N in
+  :data:`DEAD_AT` up to the set's size (a feature that fires once in 50 k tokens looks dead on
+  20 k: the curve shows how much of ``dead_frac`` is rare-but-alive features).
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from hallugraph.attribution.transcoders.model import exported_forward
 from hallugraph.attribution.transcoders.train import capture
 from hallugraph.models import LoadedModel
 
-__all__ = ["evaluate_set", "format_table", "summary"]
+__all__ = ["DEAD_AT", "evaluate_set", "format_table", "summary"]
+
+#: token counts at which ``dead_at`` reports the share of features not yet active
+DEAD_AT = (10_000, 20_000, 50_000, 100_000, 200_000, 500_000)
 
 
 class _Acc:
@@ -34,6 +39,19 @@ class _Acc:
         self.sumsq = np.zeros(n_layers)
         self.active = np.zeros(n_layers)
         self.ever: list[Any] = [None] * n_layers
+        self.first: list[Any] = [None] * n_layers  # tokens seen when a feature first fired
+
+    def add_active(self, i: int, on: torch.Tensor) -> None:
+        """Count the active entries ``on [n, F]`` of layer ``i`` (before ``n`` is advanced)."""
+        self.active[i] += float(on.sum())
+        e = on.any(0)
+        if self.ever[i] is None:
+            self.ever[i] = torch.zeros_like(e)
+            self.first[i] = torch.full(e.shape, -1, dtype=torch.long)
+        new = e & ~self.ever[i]
+        if bool(new.any()):  # the token index of the first firing, within this batch
+            self.first[i][new] = self.n + on[:, new].float().argmax(0)
+        self.ever[i] |= e
 
     def rows(self) -> list[dict[str, float]]:
         out = []
@@ -47,6 +65,11 @@ class _Acc:
                     "fvu_skip": self.sse_skip[i] / var if var > 0 else float("nan"),
                     "l0": self.active[i] / max(self.n, 1),
                     "dead_frac": float((~self.ever[i]).float().mean()),
+                    "dead_at": {
+                        str(m): float(((self.first[i] < 0) | (self.first[i] >= m)).float().mean())
+                        for m in DEAD_AT
+                        if m <= self.n
+                    },
                     "tokens": self.n,
                 }
             )
@@ -102,10 +125,7 @@ def evaluate_set(
                     acc.sumsq[i] += float(y64.pow(2).sum())
                     s = y64.sum(0)
                     acc.sum[i] = s if acc.sum[i] is None else acc.sum[i] + s
-                    on = a > 0
-                    acc.active[i] += float(on.sum())
-                    e = on.any(0)
-                    acc.ever[i] = e if acc.ever[i] is None else acc.ever[i] | e
+                    acc.add_active(i, a > 0)
             n = int(ins[0].shape[0])
             accs[name].n += n
             accs["all"].n += n
@@ -114,9 +134,11 @@ def evaluate_set(
     return {name: acc.rows() for name, acc in accs.items()}
 
 
-def summary(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """Means (and the worst layer's FVU) of a table."""
+def summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Means (and the worst layer's FVU) of a table; ``dead_at_mean``: the mean ``dead_at``."""
+    curve = rows[0].get("dead_at", {})
     return {
+        "dead_at_mean": {m: float(np.mean([r["dead_at"][m] for r in rows])) for m in curve},
         "fvu_mean": float(np.mean([r["fvu"] for r in rows])),
         "fvu_max": float(np.max([r["fvu"] for r in rows])),
         "fvu_skip_mean": float(np.mean([r["fvu_skip"] for r in rows])),
@@ -126,7 +148,7 @@ def summary(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
     }
 
 
-def format_table(tables: Mapping[str, Sequence[Mapping[str, float]]]) -> str:
+def format_table(tables: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
     """Plain-text per-layer table: FVU / skip-alone FVU / L0 / dead % for each text set."""
     names = list(tables)
     head = f"{'layer':>5}" + "".join(f"  {n[:22]:>30}" for n in names)
@@ -152,4 +174,9 @@ def format_table(tables: Mapping[str, Sequence[Mapping[str, float]]]) -> str:
     tokens = ", ".join(f"{n} {int(tables[n][0]['tokens'])}" for n in names)
     worst = ", ".join(f"{summary(tables[n])['fvu_max']:.3f}" for n in names)
     lines.append(f"tokens: {tokens}; worst layer FVU: {worst}")
+    for n in names:
+        curve = summary(tables[n])["dead_at_mean"]
+        if curve:
+            pts = ", ".join(f"{int(m) // 1000}k {100 * v:.1f}%" for m, v in curve.items())
+            lines.append(f"{n}: mean dead % over the first N tokens: {pts}")
     return "\n".join(lines)

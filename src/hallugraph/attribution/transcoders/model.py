@@ -15,8 +15,11 @@ The layer maps the MLP input ``x`` to the MLP output ``y`` as (model units)::
 * AuxK (Gao et al. 2024): features inactive for ``dead_tokens`` tokens are dead; the
   ``k_aux`` largest dead pre-activations of each token are trained to predict the remaining
   error (coefficient ``aux_coef``).
+* Dead features are re-initialized every ``resample_every`` steps toward badly reconstructed
+  tokens (:meth:`SkipTranscoder.resample_dead`).
 * Exported as circuit-tracer's JumpReLU with one threshold θ for all features: the running
-  mean of the batches' BatchTopK thresholds (what BatchTopK does at inference).
+  mean of the batches' BatchTopK thresholds (what BatchTopK does at inference);
+  :mod:`.calibrate` raises it to a target L0 on the attribution's prompt format.
 """
 
 from __future__ import annotations
@@ -28,80 +31,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RIDGES", "SkipFit", "SkipTranscoder", "exported_forward", "fit_skip", "sparse_forward"]
+from hallugraph.attribution.transcoders.skip import RIDGES, SkipFit, fit_skip
+
+__all__ = [
+    "RESAMPLE_RATE",
+    "RIDGES",
+    "SkipFit",
+    "SkipTranscoder",
+    "exported_forward",
+    "fit_skip",
+    "sparse_forward",
+]
 
 
-class SkipFit:
-    """Float64 normal equations of ``y ≈ x Wᵀ + b`` accumulated over batches.
-
-    Each batch's products ``XᵀX``, ``XᵀY`` are computed in ``product_dtype`` (float32 by
-    default: 3× faster here, relative error ~1e-5 on the solution) and summed in float64."""
-
-    def __init__(self, d_in: int, d_out: int, product_dtype: torch.dtype = torch.float32) -> None:
-        self.dtype = product_dtype
-        self.xtx = torch.zeros(d_in + 1, d_in + 1, dtype=torch.float64)
-        self.xty = torch.zeros(d_in + 1, d_out, dtype=torch.float64)
-        self.yy = torch.zeros((), dtype=torch.float64)
-        self.n = 0
-
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Add a batch of inputs ``x [n, d_in]`` and targets ``y [n, d_out]``."""
-        xa = torch.cat([x.to(self.dtype), torch.ones(x.shape[0], 1, dtype=self.dtype)], 1)
-        self.xtx += (xa.T @ xa).double()
-        self.xty += (xa.T @ y.to(self.dtype)).double()
-        self.yy += y.double().pow(2).sum()
-        self.n += int(x.shape[0])
-
-    def sse(self, w: torch.Tensor, b: torch.Tensor) -> float:
-        """Σ‖y − (x Wᵀ + b)‖² over this fit's tokens, from its sums alone."""
-        wa = torch.cat([w.T, b[None]], 0).double()
-        return float((wa * (self.xtx @ wa)).sum() - 2 * (wa * self.xty).sum() + self.yy)
-
-    def merged(self, other: SkipFit) -> SkipFit:
-        out = SkipFit(self.xtx.shape[0] - 1, self.xty.shape[1], self.dtype)
-        out.xtx, out.xty = self.xtx + other.xtx, self.xty + other.xty
-        out.yy, out.n = self.yy + other.yy, self.n + other.n
-        return out
-
-    def solve(self, ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(W [d_out, d_in], b [d_out])``, float64; ``ridge`` is relative to the mean
-        diagonal of ``XᵀX`` (the bias column is not penalized)."""
-        if self.n == 0:
-            raise ValueError("no tokens to fit the skip connection on")
-        d = self.xtx.shape[0] - 1
-        lam = ridge * float(torch.diagonal(self.xtx)[:d].mean())
-        reg = torch.diag(torch.cat([torch.full((d,), lam), torch.zeros(1)]).double())
-        sol = torch.linalg.solve(self.xtx + reg, self.xty)  # [d+1, d_out]
-        return sol[:d].T.contiguous(), sol[d].contiguous()
-
-    def state(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {
-            f"{prefix}xtx": self.xtx,
-            f"{prefix}xty": self.xty,
-            f"{prefix}yy": self.yy,
-            f"{prefix}n": torch.tensor(self.n),
-        }
-
-    def load(self, tensors: dict[str, torch.Tensor], prefix: str) -> None:
-        self.xtx = tensors[f"{prefix}xtx"].clone()
-        self.xty = tensors[f"{prefix}xty"].clone()
-        self.yy = tensors[f"{prefix}yy"].clone()
-        self.n = int(tensors[f"{prefix}n"])
-
-
-RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
-
-
-def fit_skip(
-    train: SkipFit, val: SkipFit, ridges: tuple[float, ...] = RIDGES
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The skip of ``train + val`` with the ridge (relative to the mean diagonal of ``XᵀX``)
-    that fits ``train`` best for ``val`` — held-out batches of other text, so that a layer whose
-    inputs have near-degenerate directions does not get a skip that only fits the text it saw
-    (SmolLM2-135M's layer 11: held-out FVU 6 at ridge 1e-6). Returns ``(W, b, ridge)``."""
-    best = min(ridges, key=lambda r: val.sse(*train.solve(r)) if val.n else r)
-    w, b = train.merged(val).solve(best)
-    return w, b, best
+#: a resampled feature starts firing on this share of ``k / width`` of the batch's tokens
+RESAMPLE_RATE = 0.5
 
 
 def sparse_forward(
@@ -320,15 +264,28 @@ class SkipTranscoder(nn.Module):
         dead_tokens: int,
         gen: torch.Generator,
         opt: torch.optim.Optimizer,
+        init: str = "calibrated",
     ) -> int:
         """Re-initialize the dead features (inactive for ``dead_tokens`` tokens) on tokens of
         this batch drawn with probability ∝ their squared error (Bricken et al. 2023's
         resampling, in the data-init form): decoder row = the token's error direction, encoder
-        row = its centred input direction scaled so that the feature fires at 1.5 × the
-        threshold on it; Adam's moments of those rows are reset. Returns how many."""
-        dead = ((tokens_seen - self.last_active) > dead_tokens).nonzero(as_tuple=True)[0]
+        row along its centred input direction. Returns how many.
+
+        ``init="calibrated"``: the encoder row gets the median norm of the live features' rows
+        and a bias that makes the feature fire on :data:`RESAMPLE_RATE` × ``k / width`` of this
+        batch's tokens; Adam's first moments of those rows are zeroed and their second
+        moments set to the live rows' median, so that the next steps have the live features'
+        size. ``init="token"`` (the v2 preset): the row fires at 1.5 × the threshold on its
+        token only (an encoder ~25× shorter than the live ones: the feature fires on almost
+        nothing and dies again) and both moments are zeroed (with Adam's step count far from
+        0, the first updates are then several × lr per coordinate)."""
+        if init not in ("calibrated", "token"):
+            raise ValueError(f"init must be 'calibrated' or 'token', not {init!r}")
+        age = tokens_seen - self.last_active
+        dead = (age > dead_tokens).nonzero(as_tuple=True)[0]
         if not len(dead):
             return 0
+        live = (age <= dead_tokens).nonzero(as_tuple=True)[0]
         xn = x / float(self.in_scale)
         rn = r / float(self.res_scale)
         z = self._encode(xn)
@@ -340,13 +297,26 @@ class SkipTranscoder(nn.Module):
         mu = xn.mean(0)
         xc = xn[idx] - mu
         norm = xc.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        w = xc / norm * (1.5 * max(float(self.threshold), 1e-3) / norm)
+        th = max(float(self.threshold), 1e-3)
+        if init == "token" or not len(live):
+            w = xc / norm * (1.5 * th / norm)
+            b = -(w @ mu)
+        else:
+            w = xc / norm * float(self.W_enc[live].norm(dim=1).median())
+            proj = (xn - mu) @ w.T  # [n, dead]
+            q = max(1, int(round(RESAMPLE_RATE * self.k / self.width * xn.shape[0])))
+            b = th - torch.topk(proj, min(q, proj.shape[0]), dim=0).values[-1] - (w @ mu)
         self.W_enc[dead] = w
-        self.b_enc[dead] = -(w @ mu)
+        self.b_enc[dead] = b
         self.W_dec[dead] = e[idx] / e[idx].norm(dim=1, keepdim=True).clamp_min(1e-8)
         for p in (self.W_enc, self.b_enc, self.W_dec):
-            for v in opt.state.get(p, {}).values():
-                if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == self.width:
+            state = opt.state.get(p, {})
+            for name, v in state.items():
+                if not (torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == self.width):
+                    continue
+                if name == "exp_avg_sq" and init == "calibrated" and len(live):
+                    v[dead] = v[live].median(dim=0).values
+                else:
                     v[dead] = 0
         self.last_active[dead] = tokens_seen
         self.invalidate()

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from hallugraph.attribution.transcoders.corpus import build_corpus, eval_texts
+from hallugraph.attribution.transcoders.corpus import EVAL_TOKENS, build_corpus, eval_texts
 from hallugraph.attribution.transcoders.evaluate import evaluate_set, format_table, summary
 from hallugraph.attribution.transcoders.io import (
     MANIFEST,
@@ -62,18 +62,19 @@ def eval_set(
     model: str = "smollm2_135M",
     *,
     data_dir: str | os.PathLike[str] | None = None,
-    max_texts: int = 200,
+    max_texts: int | None = None,
+    tokens: int | None = EVAL_TOKENS,
     progress: bool = True,
     lm: Any = None,
 ) -> dict[str, Any]:
-    """Evaluate a set on the held-out texts (float32 model): per set, the per-layer rows and
-    their summary."""
+    """Evaluate a set on the held-out texts (float32 model; ``max_texts`` texts and ``tokens``
+    tokens per held-out set at most): per set, the per-layer rows and their summary."""
     from hallugraph.models import load_model
 
     folder = Path(folder)
     layers = load_set(folder)
     lm = lm or load_model(model, dtype="float32", device="cpu")
-    texts = eval_texts(lm, data_dir, max_texts)
+    texts = eval_texts(lm, data_dir, max_texts, max_tokens=tokens)
     tables = evaluate_set(
         lm, layers, texts, skip_bias=_skip_bias(folder, len(layers)), progress=progress
     )
@@ -89,7 +90,8 @@ def train_set(
     time_budget: float | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     evaluate: bool = True,
-    eval_max_texts: int = 200,
+    eval_max_texts: int | None = None,
+    eval_tokens: int | None = EVAL_TOKENS,
     progress: bool = True,
     preset: str | None = None,
     log: Callable[[str], None] = print,
@@ -143,9 +145,25 @@ def train_set(
         out / SKIP_FILE, {f"b_skip.{i}": tc.b_skip.float() for i, tc in enumerate(tcs)}, {}
     )
     manifest["exported"] = True
+    if cfg.export_l0 > 0:
+        from hallugraph.attribution.transcoders.calibrate import calibrate_set
+
+        write_manifest(out, manifest)
+        manifest["calibration"] = calibrate_set(
+            out, out, target_l0=cfg.export_l0, model=model, data_dir=data_dir, progress=progress
+        )
+        log(
+            f"thresholds calibrated: L0 {manifest['calibration']['l0_before_mean']:.1f} -> "
+            f"{manifest['calibration']['l0_mean']:.1f} on training-side HaluEval-QA text"
+        )
     if evaluate:
         result = eval_set(
-            out, model, data_dir=data_dir, max_texts=eval_max_texts, progress=progress
+            out,
+            model,
+            data_dir=data_dir,
+            max_texts=eval_max_texts,
+            tokens=eval_tokens,
+            progress=progress,
         )
         manifest["eval"] = result
         log(format_table(result["tables"]))

@@ -218,6 +218,7 @@ def train(
                         dead_tokens=cfg.dead_tokens,
                         gen=gen,
                         opt=opt,
+                        init=cfg.resample_init,
                     )
                 var_y = float((y.double() - y.double().mean(0)).pow(2).sum())
                 fvu.append(s["sse"] * float(tc.res_scale) ** 2 / max(var_y, 1e-12))
