@@ -25,6 +25,7 @@ import torch
 
 from hallugraph.attribution.transcoders.config import PRESETS
 from hallugraph.attribution.transcoders.model import SkipTranscoder, exported_forward
+from hallugraph.attribution.transcoders.train import padded_batch
 from hallugraph.config import cpu_name
 
 CACHE = Path("runs/transcoder_dead")
@@ -35,14 +36,7 @@ class _Stop(Exception):
 
 
 def _capture(model, ids: list[np.ndarray], pad: int, layers: list[int]):
-    n = max(len(s) for s in ids)
-    batch = torch.full((len(ids), n), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), n), dtype=torch.long)
-    for i, s in enumerate(ids):
-        batch[i, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
-        mask[i, : len(s)] = 1
-    keep = mask.bool()
-    keep[:, 0] = False
+    batch, mask, keep = padded_batch(ids, pad)
     got: dict[str, torch.Tensor] = {}
     handles = []
     last = max(layers)

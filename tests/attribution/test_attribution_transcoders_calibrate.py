@@ -24,14 +24,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _layers(n_layers: int, d: int, width: int) -> list[dict[str, torch.Tensor]]:
     torch.manual_seed(0)
     out = []

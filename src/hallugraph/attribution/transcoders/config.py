@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 __all__ = ["PRESETS", "TrainConfig", "TrainState"]
@@ -95,36 +95,26 @@ class TrainConfig:
 _BEFORE: dict[str, Any] = {"resample_init": "token", "export_l0": 0.0}
 
 
+#: the v2 set's settings (documented in BENCHMARKS.md: dead features 31 %, HaluEval-QA L0 69.6)
+_V2 = TrainConfig(
+    k=48,
+    prompt_share=1.0,
+    skip_pool="prompts",
+    skip_tokens=30_000,
+    decay_frac=0.25,
+    resample_init="token",
+)
+
 #: ``--preset`` name -> (config, token budget, time budget in seconds)
 PRESETS: dict[str, tuple[TrainConfig, int, float]] = {
     # v2 + the resampling that keeps revived features alive + thresholds calibrated at
     # export to L0 60 on HaluEval-QA-format training text (docs/TRANSCODERS.md)
     "smollm2-135m-2h-v3": (
-        TrainConfig(
-            k=48,
-            prompt_share=1.0,
-            skip_pool="prompts",
-            skip_tokens=30_000,
-            decay_frac=0.25,
-            resample_init="calibrated",
-            export_l0=60.0,
-        ),
+        replace(_V2, resample_init="calibrated", export_l0=60.0),
         1_500_000,
         7200.0,
     ),
-    # the set documented in BENCHMARKS.md (dead features 31 %, HaluEval-QA L0 69.6)
-    "smollm2-135m-2h-v2": (
-        TrainConfig(
-            k=48,
-            prompt_share=1.0,
-            skip_pool="prompts",
-            skip_tokens=30_000,
-            decay_frac=0.25,
-            resample_init="token",
-        ),
-        1_500_000,
-        7200.0,
-    ),
+    "smollm2-135m-2h-v2": (_V2, 1_500_000, 7200.0),
     # the first set (git 685428f): skip on all text, 30 % prompts, k = 32, constant lr
     "smollm2-135m-2h": (TrainConfig(resample_init="token"), 2_000_000, 7200.0),
 }

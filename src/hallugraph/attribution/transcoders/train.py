@@ -44,11 +44,11 @@ from hallugraph.models import LoadedModel
 __all__ = ["PRESETS", "TrainConfig", "TrainState", "capture", "train"]
 
 
-def capture(
-    model: Any, ids: list[np.ndarray], pad: int
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """MLP inputs and outputs ``[n_tokens, d]`` (float32) of every layer, all non-padding
-    positions but position 0, from one forward of the base model (no LM head)."""
+def padded_batch(
+    ids: list[np.ndarray], pad: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(batch, mask, keep)``: the sequences right-padded with ``pad`` into one batch, its
+    attention mask, and the positions captured (not padding, not position 0)."""
     n = max(len(s) for s in ids)
     batch = torch.full((len(ids), n), pad, dtype=torch.long)
     mask = torch.zeros((len(ids), n), dtype=torch.long)
@@ -57,6 +57,15 @@ def capture(
         mask[i, : len(s)] = 1
     keep = mask.bool()
     keep[:, 0] = False
+    return batch, mask, keep
+
+
+def capture(
+    model: Any, ids: list[np.ndarray], pad: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """MLP inputs and outputs ``[n_tokens, d]`` (float32) of every layer, all non-padding
+    positions but position 0, from one forward of the base model (no LM head)."""
+    batch, mask, keep = padded_batch(ids, pad)
     ins: list[torch.Tensor] = []
     outs: list[torch.Tensor] = []
     handles = []
