@@ -29,6 +29,39 @@ def test_extract_defaults_follow_the_seed():
     )
 
 
+def test_run_evaluates_with_every_core(monkeypatch, tmp_path):
+    """``hallugraph run`` hands its evaluation to ``--processes`` workers (default: the cores,
+    at most 4), not one: the cells run single-threaded since the evaluation became parallel."""
+    import hallugraph.evaluation as evaluation
+    import hallugraph.models as models
+    from hallugraph.cli import commands
+    from hallugraph.cli.parser import default_processes
+
+    assert build_parser().parse_args(["run"]).processes == default_processes() >= 1
+    seen = {}
+
+    class Report:
+        cells = "0 cells"
+
+        def to_markdown(self):
+            return ""
+
+        def failed_everywhere(self):
+            return []
+
+    def fake_evaluate(runs, names, **kw):
+        seen.update(kw, runs=runs)
+        return Report()
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: object())
+    monkeypatch.setattr(commands, "cmd_extract", lambda *a, **k: 0)
+    monkeypatch.setattr(commands, "cmd_label", lambda *a, **k: 0)
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    args = build_parser().parse_args(["run", "--out", str(tmp_path), "--processes", "3"])
+    assert commands.cmd_run(args) == 0
+    assert seen["processes"] == 3 and len(seen["runs"]) == 3
+
+
 @pytest.mark.parametrize(
     "argv,needle",
     [

@@ -4,6 +4,7 @@ commands add their own)."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 DEFAULT_RUNS = Path("runs")
@@ -137,6 +138,16 @@ def _add_cv_args(p: argparse.ArgumentParser, folds: int, repeats: int) -> None:
     )
 
 
+def default_processes() -> int:
+    """Evaluation processes for ``hallugraph run``: the cores this process may use, at most 4
+    (each holds the runs' statistics; 4 keep ``make run`` under ~10 GB)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hallugraph",
@@ -254,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detectors", default=None, help="comma-separated names (default: all)")
     p.add_argument("--seed", type=int, default=0)
     _add_cv_args(p, folds=3, repeats=1)
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=default_processes(),
+        help="evaluation worker processes, 1 thread each (default: the cores, at most 4: "
+        "%(default)s here)",
+    )
     _add_extract_args(p)
     p.set_defaults(num_samples=300, keep_tensors="no")
     return parser
