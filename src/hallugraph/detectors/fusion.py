@@ -14,7 +14,7 @@ only, so no fold's test answers ever touch the meta-learner (nested cross-valida
   models saw ``(inner_folds - 1) / inner_folds`` of the training rows, as the models whose
   scores the meta-learner learned from, so the meta-learner meets at prediction time scores
   of the kind it was trained on (a model refitted on all the rows is a little sharper than
-  the ones it learned from), averaged over three models; and the fit costs two thirds of the
+  the ones it learned from), averaged over three models; and the fit costs about two thirds of the
   refit variant (3 inner fits on 2/3 of the rows instead of 3 + one on all of them), the
   scoring three base predictions instead of one. ``bases_fit="refit"`` refits every base on
   all the training rows after the inner CV (the textbook stacking; kept for comparison:
@@ -34,7 +34,7 @@ only, so no fold's test answers ever touch the meta-learner (nested cross-valida
 * ``family_weights_``: each family's share of the meta-learner's absolute coefficients (the
   inputs are standardized, so coefficients are comparable).
 
-The default base set holds the cheap-to-refit detectors of each family (the CHARM network,
+The default base set holds the cheap-to-fit detectors of each family (the CHARM network,
 minutes per fit, and the length control are not in it); ``bases`` takes any registered names.
 """
 
