@@ -161,3 +161,37 @@ def test_score_run_shared_prefixes(tiny_run, tiny_ct, tmp_path):
         for f in ("gctx", "rs", "cs", "target_prob"):
             assert new[f] == pytest.approx(old[f], abs=1e-6), (qid, f)
     assert multi >= 2
+
+
+def test_all_speed_benchmark_smoke(tiny_run, tiny_ct, tmp_path, capsys):
+    """``benchmarks/groundedness_all_speed.py`` on the tiny run: both paths on the same answers,
+    the same selected features, scores within 1e-6, the last line's format (no timing
+    asserted)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        import groundedness_all_speed
+    finally:
+        sys.path.pop(0)
+    model_dir, tdir = tiny_ct
+    out = tmp_path / "speed.jsonl"
+    rows = groundedness_all_speed.main(
+        [str(tiny_run), "--transcoders", str(tdir), "--model", str(model_dir)]
+        + ["--answers", "2", "--stride", "1", "--nodes", "8", "--max-answer-tokens", "2"]
+        + ["--out", str(out)]
+    )
+    assert len(rows) == 2 and all(r["graphs"] == 2 for r in rows)
+    assert all(g["same_selected"] and g["active_diff"] == 0 for r in rows for g in r["per_graph"])
+    assert max(r["max_abs_diff"] for r in rows) < 1e-6
+    assert len(out.read_text().splitlines()) == 2
+    last = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert [kv.split("=")[0] for kv in last] == [
+        "answers",
+        "seconds_old",
+        "seconds_new",
+        "ratio",
+        "max_abs_diff",
+    ]
+    assert last[0] == "answers=2"
