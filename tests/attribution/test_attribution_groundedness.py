@@ -115,9 +115,9 @@ def test_groundedness_command_scores_resumes(tiny_run, tiny_ct, rm, tmp_path, ca
     calls = []
     real = gmod.score_trace
 
-    def counting(rm_, row, settings):
+    def counting(rm_, row, settings, **kw):
         calls.append(row["question_id"])
-        return real(rm_, row, settings)
+        return real(rm_, row, settings, **kw)
 
     monkeypatch.setattr(gmod, "score_trace", counting)
     before = scores_path(run).read_bytes()
@@ -147,11 +147,11 @@ def test_interruption_keeps_scored_traces(tiny_run, tiny_ct, rm, tmp_path, monke
     real = gmod.score_trace
     n = []
 
-    def flaky(rm_, row, settings):
+    def flaky(rm_, row, settings, **kw):
         n.append(1)
         if len(n) == 3:
             raise KeyboardInterrupt
-        return real(rm_, row, settings)
+        return real(rm_, row, settings, **kw)
 
     monkeypatch.setattr(gmod, "score_trace", flaky)
     settings = AttributionSettings(max_feature_nodes=NODES)

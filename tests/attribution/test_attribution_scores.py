@@ -19,6 +19,7 @@ from hallugraph.attribution.scores import (
     groundedness,
     node_influence,
     replacement_score,
+    row_influence,
     scores_from_graph,
 )
 
@@ -145,6 +146,31 @@ def test_rs_cs_equal_circuit_tracer_on_random_graphs(seed):
     theirs = ct_graph.compute_node_influence(graph.adjacency_matrix, _logit_w(graph, lay))
     ours_infl = node_influence(graph.adjacency_matrix, lay, graph.logit_probabilities)
     torch.testing.assert_close(ours_infl.float(), theirs, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sparse_scores_equal_dense(seed):
+    """Propagating through the non-zero rows only gives the dense scores (float64, 1e-12), on
+    random graphs, the hand graph, and a graph with a cycle (solved by the dense path)."""
+    graph, lay = random_graph(seed)
+    cyc = SimpleNamespace(**{**vars(graph), "adjacency_matrix": graph.adjacency_matrix.clone()})
+    cyc.adjacency_matrix[0, 1] = cyc.adjacency_matrix[1, 0] = 0.5  # features 0 <-> 1
+    hand = SimpleNamespace(
+        adjacency_matrix=hand_graph(),
+        selected_features=torch.tensor([0]),
+        input_tokens=torch.tensor([1, 5, 6]),
+        logit_targets=["x"],
+        logit_probabilities=torch.tensor([1.0]),
+        cfg=SimpleNamespace(n_layers=1),
+    )
+    for g in (graph, cyc, hand):
+        dense, sparse = scores_from_graph(g, [1]), scores_from_graph(g, [1], sparse=True)
+        for f in ("gctx", "rs", "cs"):
+            assert abs(getattr(dense, f) - getattr(sparse, f)) <= 1e-12, f
+    infl, _ = row_influence(graph.adjacency_matrix, lay, graph.logit_probabilities)
+    dense = node_influence(graph.adjacency_matrix, lay, graph.logit_probabilities)
+    torch.testing.assert_close(infl, dense, atol=1e-12, rtol=1e-12)
+    assert infl[lay.tokens].sum() > 0
 
 
 def _logit_w(graph, lay: GraphLayout) -> torch.Tensor:

@@ -97,6 +97,12 @@ def add_groundedness_parser(sub: Any) -> None:
     )
     p.add_argument("--limit", type=int, default=None, help="only the first K traces with context")
     p.add_argument(
+        "--separate-prefixes",
+        action="store_true",
+        help="--targets all: one attribution per answer token (default with our engine: one "
+        "shared attribution per trace, the same scores to float rounding; records say 'path')",
+    )
+    p.add_argument(
         "--shard",
         default=None,
         metavar="K/N",
@@ -213,6 +219,7 @@ def run_groundedness(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
             log_fn=print,
+            shared_prefixes=False if args.separate_prefixes else None,
         )
     except ImportError as err:  # circuit-tracer missing
         raise ValueError(str(err)) from err

@@ -104,6 +104,7 @@ class ForwardCache:
     resid_mid: torch.Tensor  # [L, P, d]
     mlp_out: torch.Tensor  # [L, P, d]
     last_logits: torch.Tensor  # [vocab]
+    position_logits: torch.Tensor | None = None  # [m, vocab]: the ``logit_positions`` asked for
 
 
 def _rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -117,8 +118,11 @@ def _eps(norm: Any) -> float:
 
 
 @torch.no_grad()
-def frozen_forward(model: Any, tokens: torch.Tensor) -> ForwardCache:
-    """Run ``tokens [P]`` through ``model`` once and keep what the linearization freezes."""
+def frozen_forward(
+    model: Any, tokens: torch.Tensor, logit_positions: list[int] | None = None
+) -> ForwardCache:
+    """Run ``tokens [P]`` through ``model`` once and keep what the linearization freezes
+    (and the logits at ``logit_positions`` too, when given)."""
     m = model.model
     layers = list(m.layers)
     store: dict[str, list[Any]] = {
@@ -169,6 +173,7 @@ def frozen_forward(model: Any, tokens: torch.Tensor) -> ForwardCache:
         )
         hidden = m(input_ids=ids, use_cache=False).last_hidden_state
         last_logits = model.lm_head(hidden[0, -1:])[0]  # only the last position is attributed
+        at = None if logit_positions is None else model.lm_head(hidden[0, list(logit_positions)])
     finally:
         for h in handles:
             h.remove()
@@ -181,4 +186,5 @@ def frozen_forward(model: Any, tokens: torch.Tensor) -> ForwardCache:
         resid_mid=torch.stack(store["r"]),
         mlp_out=torch.stack(store["o"]),
         last_logits=last_logits,
+        position_logits=at,
     )
