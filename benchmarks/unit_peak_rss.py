@@ -9,6 +9,9 @@ it with a run of 100 questions (units 0 and 1) tells whether the peak depends on
 length or only on what one unit holds.
 
     /usr/bin/time -v .venv/bin/python benchmarks/unit_peak_rss.py --unit 5 --out /tmp/u5
+
+``--batch-tokens 0`` batches as before the token budget (chunks of 32 prompts): the long prompt
+then pads a batch of 32.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 
 from hallugraph.config import cpu_name
 from hallugraph.data import load_dataset
+from hallugraph.extract import GenerationSettings
 from hallugraph.pipeline import run_extract
 
 
@@ -25,6 +29,12 @@ def main() -> None:
     ap.add_argument("--unit", type=int, default=5)
     ap.add_argument("--num-samples", type=int, default=1000)
     ap.add_argument("--shard-size", type=int, default=64)
+    ap.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=None,
+        help="token budget of a batch (default: the extraction's; 0: none, as before issue 16)",
+    )
     ap.add_argument("--out", required=True, help="a new run folder")
     args = ap.parse_args()
     k, n = args.unit, args.shard_size
@@ -35,12 +45,17 @@ def main() -> None:
         out=args.out,
         examples=examples,
         shard_size=n,
+        settings=GenerationSettings(batch_tokens=args.batch_tokens),
         keep_tensors=False,
         progress=False,
     )
     with open("/proc/self/status") as fh:
         hwm = next(int(ln.split()[1]) for ln in fh if ln.startswith("VmHWM:"))
-    print(f"CPU: {cpu_name()}; unit {k} of the first {args.num_samples} TriviaQA questions")
+    budget = GenerationSettings(batch_tokens=args.batch_tokens).token_budget()
+    print(
+        f"CPU: {cpu_name()}; unit {k} of the first {args.num_samples} TriviaQA questions; "
+        f"batch token budget {budget or 'none'}"
+    )
     print(f"peak_rss_kB={hwm}")
 
 

@@ -22,7 +22,6 @@ from hallugraph.extract import (
     GenerationSettings,
     Prepared,
     capture_batch,
-    iter_batches,
     prepare,
     prompt_problems,
     shared_prefix_len,
@@ -167,7 +166,7 @@ class UnitWorker:
         chunks = shard_chunks(prepared, len(prepared) or 1, trace_bytes, cap)
         for piece, chunk in enumerate(chunks):
             encoded: dict[str, Any] = {}
-            for batch in iter_batches(chunk, gs.batch_size):
+            for batch in gs.batches(chunk):
                 for p, trace in _capture_with_fallback(lm, batch, gs, errors, job.prefix):
                     if trace is not None:
                         encoded[p.example.id] = _encode(writer, trace, tdtype)

@@ -22,6 +22,7 @@ from hallugraph.store.integrity import (
 from hallugraph.store.layout import (
     ERRORS,
     FORMAT_VERSION,
+    GENERATION_UNRECORDED_BEFORE,
     INFO_DEFAULTS,
     MANIFEST,
     RUN_INFO,
@@ -40,6 +41,18 @@ from hallugraph.store.layout import (
     write_run_info,
 )
 from hallugraph.store.reader import TraceStore
+
+
+def _recorded(value: Any, key: str, old: Mapping[str, Any] | None = None) -> Any:
+    """``value`` of run.json's ``key`` as compared on resume: a ``generation`` setting that the
+    old run (``old``) did not record yet is left out."""
+    if key != "generation" or old is None or not isinstance(value, dict):
+        return value
+    before = old.get("generation")
+    if not isinstance(before, dict):
+        return value
+    drop = GENERATION_UNRECORDED_BEFORE - set(before)
+    return {k: v for k, v in value.items() if k not in drop}
 
 
 class TraceWriter:
@@ -111,7 +124,7 @@ class TraceWriter:
                 for k in set(old) | set(info)
                 if k not in STATE_KEYS
                 and not (k in UNRECORDED_BEFORE and k not in old)
-                and old.get(k, INFO_DEFAULTS.get(k)) != info.get(k)
+                and _recorded(old.get(k, INFO_DEFAULTS.get(k)), k) != _recorded(info.get(k), k, old)
             ]
             if diff:
                 raise StoreError(
