@@ -12,6 +12,11 @@ length or only on what one unit holds.
 
 ``--batch-tokens 0`` batches as before the token budget (chunks of 32 prompts): the long prompt
 then pads a batch of 32.
+
+``--every-unit`` extracts all the first ``--num-samples`` questions in one run instead and prints,
+for each unit, the resident size before it, its peak (``VmHWM`` reset before the unit through
+``/proc/self/clear_refs``) and the resident size after it, before and after the worker hands the
+freed heap back (``release_memory``; ``--no-trim`` skips it, as before it existed).
 """
 
 from __future__ import annotations
@@ -22,6 +27,39 @@ from hallugraph.config import cpu_name
 from hallugraph.data import load_dataset
 from hallugraph.extract import GenerationSettings
 from hallugraph.pipeline import run_extract
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(ln.split()[1]) for ln in fh if ln.startswith(key + ":"))
+
+
+def _watch_units(trim: bool) -> None:
+    """Print each unit's resident sizes (kB) as the worker finishes it."""
+    from hallugraph.pipeline import worker
+
+    release = worker.release_memory
+    run_unit = worker.UnitWorker.run_unit
+    seen: dict[str, int] = {}
+
+    def measured_release() -> bool:
+        seen.update(hwm=_status("VmHWM"), after=_status("VmRSS"))
+        return release() if trim else False
+
+    def measured_run_unit(self, job):
+        before = _status("VmRSS")
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # the peak (VmHWM) restarts from the current resident size
+        out = run_unit(self, job)
+        print(
+            f"unit {job.unit.index}: rss_before={before} peak={seen['hwm']} "
+            f"rss_after={seen['after']} rss_after_release={_status('VmRSS')}",
+            flush=True,
+        )
+        return out
+
+    worker.release_memory = measured_release
+    worker.UnitWorker.run_unit = measured_run_unit
 
 
 def main() -> None:
@@ -35,10 +73,16 @@ def main() -> None:
         default=None,
         help="token budget of a batch (default: the extraction's; 0: none, as before issue 16)",
     )
+    ap.add_argument("--every-unit", action="store_true", help="all units, one line each")
+    ap.add_argument("--no-trim", action="store_true", help="keep the freed heap (--every-unit)")
     ap.add_argument("--out", required=True, help="a new run folder")
     args = ap.parse_args()
     k, n = args.unit, args.shard_size
-    examples = load_dataset("triviaqa", num_samples=args.num_samples)[n * k : n * (k + 1)]
+    examples = load_dataset("triviaqa", num_samples=args.num_samples)
+    if args.every_unit:
+        _watch_units(trim=not args.no_trim)
+    else:
+        examples = examples[n * k : n * (k + 1)]
     run_extract(
         model="smollm2_135M",
         dataset="triviaqa",
@@ -49,14 +93,15 @@ def main() -> None:
         keep_tensors=False,
         progress=False,
     )
-    with open("/proc/self/status") as fh:
-        hwm = next(int(ln.split()[1]) for ln in fh if ln.startswith("VmHWM:"))
+    hwm = _status("VmHWM")
     budget = GenerationSettings(batch_tokens=args.batch_tokens).token_budget()
     print(
-        f"CPU: {cpu_name()}; unit {k} of the first {args.num_samples} TriviaQA questions; "
+        f"CPU: {cpu_name()}; "
+        + ("every unit" if args.every_unit else f"unit {k}")
+        + f" of the first {args.num_samples} TriviaQA questions; "
         f"batch token budget {budget or 'none'}"
     )
-    print(f"peak_rss_kB={hwm}")
+    print(f"peak_rss_kB={hwm}" + (" (since the last unit began)" if args.every_unit else ""))
 
 
 if __name__ == "__main__":

@@ -134,7 +134,6 @@ class TraceWriter:
             for k in ("created", "shared_checksums", "tensors_pruned"):
                 if k in old:
                     info[k] = old[k]
-        (self.dir / SHARD_DIR).mkdir(exist_ok=True)
         self.rows: list[dict[str, Any]] = read_manifest(self.dir)
         if info_path.exists() and "checksum" not in old and self.rows:
             # a run of an older version: it stays one (its old traces have no checksums; the
@@ -143,6 +142,9 @@ class TraceWriter:
         if (self.dir / SHARED).exists() and "shared_checksums" not in info and not self.rows:
             (self.dir / SHARED).unlink()  # written just before a kill, checksum never recorded
         write_run_info(self.dir, info)
+        # after run.json: another process of the run (``--part``) starting now must not find
+        # shards/ without it (check_out_dir would refuse the folder)
+        (self.dir / SHARD_DIR).mkdir(exist_ok=True)
         self.info = info
         self.done_ids = {r["question_id"] for r in self.rows}
         self.shards_done = list(dict.fromkeys(r["shard"] for r in self.rows))
