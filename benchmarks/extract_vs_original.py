@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from hallugraph.data import load_dataset
-from hallugraph.extract import GenerationSettings, iter_batches, prepare
+from hallugraph.extract import GenerationSettings, prepare
 from hallugraph.extract.capture import _left_pad as left_pad
 from hallugraph.extract.capture import eos_ids as eos_ids
 from hallugraph.extract.decoding import PrefixDecoder
@@ -62,7 +62,7 @@ def plain_generate(lm, prepared, gs, attn):
     """Batched greedy generate, same batches as hallugraph, no outputs captured."""
     lm.model.set_attn_implementation(attn)
     t0 = time.perf_counter()
-    for batch in iter_batches(prepared, gs.batch_size):
+    for batch in gs.batches(prepared):
         ids, mask = left_pad([p.prompt_ids for p in batch], lm.tokenizer.pad_token_id, "cpu")
         with torch.no_grad():
             lm.model.generate(
@@ -81,7 +81,7 @@ def decoder_only(lm, prepared, gs, prefix):
     """hallugraph's prefix-cached greedy decoder with capture switched off."""
     dec = PrefixDecoder(lm.model, prefix)
     t0 = time.perf_counter()
-    for batch in iter_batches(prepared, gs.batch_size):
+    for batch in gs.batches(prepared):
         dec.decode(
             [p.prompt_ids for p in batch],
             gs.max_new_tokens,

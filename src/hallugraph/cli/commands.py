@@ -15,6 +15,7 @@ def _settings(args: argparse.Namespace):
         max_new_tokens=args.max_new_tokens,
         num_beams=args.num_beams,
         batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
         capture=args.capture,
         template=args.template,
     )

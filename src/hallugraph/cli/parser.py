@@ -41,6 +41,16 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
+    return n
+
+
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--num-samples", type=_positive_int, default=None, help="first N examples (default: all)"
@@ -59,7 +69,16 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
         help="an example over the context window or --max-prompt-tokens: skip it with an error "
         "row, or refuse the whole run (default: %(default)s)",
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument(
+        "--batch-tokens",
+        type=_nonnegative_int,
+        default=None,
+        help="token budget of a batch: a batch of long prompts is cut so that its size x "
+        "longest sequence (prompt + --max-new-tokens, or the given answer) stays within it, and "
+        "its attention cells within those of --batch-size sequences of N / --batch-size tokens "
+        "(default: --batch-size x (96 + --max-new-tokens); 0: no budget)",
+    )
     p.add_argument("--num-beams", type=int, default=1, help="1 = greedy (default); the seed used 5")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument(

@@ -22,15 +22,20 @@ Two capture modes give the same photo (tests check both against an independent f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from hallugraph.extract.decoding import PrefixDecoder, supports, token_stats
-from hallugraph.extract.inputs import Prepared, eos_ids
+from hallugraph.extract.inputs import Prepared, eos_ids, iter_batches
 from hallugraph.models import LoadedModel
+
+#: Prompt tokens of a typical question without context (TriviaQA's 99th percentile is 87,
+#: with the chat template): the default token budget of a batch is ``batch_size`` prompts of
+#: this length plus their answers, so batches of ordinary prompts are not cut.
+TYPICAL_PROMPT_TOKENS = 96
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,12 @@ class GenerationSettings:
     num_beams: int = 1
     early_stopping: bool = True
     batch_size: int = 32
+    batch_tokens: int | None = None
+    """Token budget of a batch (:func:`hallugraph.extract.inputs.iter_batches`): a batch of long
+    prompts is cut so that its size x longest sequence stays within it, and its attention cells
+    within those of ``batch_size`` sequences of ``batch_tokens / batch_size`` tokens. ``None``:
+    ``batch_size * (TYPICAL_PROMPT_TOKENS + max_new_tokens)``; 0: no budget (chunks of
+    ``batch_size``)."""
     capture: str = "auto"
     """``auto`` (incremental for greedy, forward otherwise), ``incremental`` or ``forward``."""
     template: str | None = None
@@ -59,8 +70,23 @@ class GenerationSettings:
             raise ValueError(f"unknown decoder {self.decoder!r}")
         return self.capture
 
+    def token_budget(self) -> int:
+        """The batch token budget in force (0: none)."""
+        if self.batch_tokens is None:
+            return self.batch_size * (TYPICAL_PROMPT_TOKENS + self.max_new_tokens)
+        if self.batch_tokens < 0:
+            raise ValueError(
+                f"--batch-tokens must be 0 (no budget) or more, not {self.batch_tokens}"
+            )
+        return self.batch_tokens
+
+    def batches(self, prepared: Sequence[Prepared]) -> Iterator[list[Prepared]]:
+        """``prepared`` cut into batches (:func:`hallugraph.extract.inputs.iter_batches`)."""
+        return iter_batches(prepared, self.batch_size, self.token_budget(), self.max_new_tokens)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings, with the token budget in force (not ``None``)."""
+        return {**asdict(self), "batch_tokens": self.token_budget()}
 
 
 @dataclass

@@ -70,8 +70,49 @@ def eos_ids(lm: LoadedModel) -> list[int]:
     return list(eos) if isinstance(eos, (list, tuple)) else [int(eos)]
 
 
-def iter_batches(prepared: Sequence[Prepared], batch_size: int) -> Iterator[list[Prepared]]:
-    """Batches of similar prompt length (less padding); the caller restores the order."""
+def sequence_len(p: Prepared, max_new_tokens: int) -> int:
+    """Tokens a batch computes for ``p``: its prompt, then its given answer or, when the model
+    generates, ``max_new_tokens``."""
+    return len(p.prompt_ids) + (len(p.answer_ids) if p.answer_ids is not None else max_new_tokens)
+
+
+def iter_batches(
+    prepared: Sequence[Prepared],
+    batch_size: int,
+    max_tokens: int | None = None,
+    max_new_tokens: int = 0,
+) -> Iterator[list[Prepared]]:
+    """Batches of similar prompt length (less padding); the caller restores the order.
+
+    The prompts are sorted by length (ties in input order), then cut greedily: a batch takes
+    the next prompt while it holds at most ``batch_size`` prompts and, when ``max_tokens`` is
+    given, with ``S`` its longest :func:`sequence_len` and ``B`` its size:
+
+    * ``B * S <= max_tokens`` (tokens: the KV cache, hidden states, activations), and
+    * ``B * S**2 * batch_size <= max_tokens**2``: no more attention cells (the stored maps,
+      the first pass's per-layer maps, all quadratic in the length) than ``batch_size``
+      sequences of ``max_tokens / batch_size`` tokens.
+
+    A prompt over the budget on its own gets a batch of its own. A pure function of
+    ``prepared`` (the same prompts give the same batches, in the same order, whichever worker
+    computes them); without ``max_tokens`` (or with 0), chunks of ``batch_size``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, not {batch_size}")
     order = sorted(range(len(prepared)), key=lambda i: len(prepared[i].prompt_ids))
-    for k in range(0, len(order), batch_size):
-        yield [prepared[i] for i in order[k : k + batch_size]]
+    batch: list[Prepared] = []
+    longest = 0
+    for i in order:
+        p = prepared[i]
+        s = max(longest, sequence_len(p, max_new_tokens))
+        b = len(batch) + 1
+        fits = b <= batch_size and (
+            not max_tokens or (b * s <= max_tokens and b * s * s * batch_size <= max_tokens**2)
+        )
+        if batch and not fits:
+            yield batch
+            batch, s = [], sequence_len(p, max_new_tokens)
+        batch.append(p)
+        longest = s
+    if batch:
+        yield batch

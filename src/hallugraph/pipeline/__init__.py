@@ -141,6 +141,7 @@ def run_extract(
     t0 = time.perf_counter()
     settings = settings or GenerationSettings()
     settings.capture_mode()  # validate before anything slow
+    settings.token_budget()
     check_codec(codec, dtype)
     if num_samples is not None and num_samples < 1:
         raise StoreError(f"--num-samples must be at least 1, not {num_samples}")

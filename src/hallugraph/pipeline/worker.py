@@ -9,6 +9,9 @@ then its part file, last. A worker holds at most one shard's traces in memory.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import gc
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +25,6 @@ from hallugraph.extract import (
     GenerationSettings,
     Prepared,
     capture_batch,
-    iter_batches,
     prepare,
     prompt_problems,
     shared_prefix_len,
@@ -167,7 +169,7 @@ class UnitWorker:
         chunks = shard_chunks(prepared, len(prepared) or 1, trace_bytes, cap)
         for piece, chunk in enumerate(chunks):
             encoded: dict[str, Any] = {}
-            for batch in iter_batches(chunk, gs.batch_size):
+            for batch in gs.batches(chunk):
                 for p, trace in _capture_with_fallback(lm, batch, gs, errors, job.prefix):
                     if trace is not None:
                         encoded[p.example.id] = _encode(writer, trace, tdtype)
@@ -180,7 +182,33 @@ class UnitWorker:
         if not self.spec.keep_tensors and shards:
             _prune(Path(self.spec.run_dir), shards, rows)
         write_part(self.spec.run_dir, job.unit, rows, errors, shards)
+        release_memory()
         return {"unit": job.unit.index, "traces": len(rows), "errors": errors, "shards": shards}
+
+
+def release_memory() -> bool:
+    """Return the heap a unit freed to the system (glibc's ``malloc_trim``; elsewhere a no-op,
+    ``False``).
+
+    A unit frees most of what it allocated, but glibc keeps the freed mid-sized blocks resident
+    (~560 MB after a unit of 64 TriviaQA questions on the default model, measured): the next
+    unit's peak then sits on top of that slack, and a long run's peak crept up with the
+    number of units done (issue 16). Trimming after each unit costs milliseconds.
+    """
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return None
 
 
 def _prune(run_dir: Path, shards: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:

@@ -62,6 +62,8 @@ CODECS = ("fp16", "predictive")
 INFO_DEFAULTS = {"codec": "fp16", "max_shard_mb": 4096.0}  # keys older runs lack: implied value
 #: Settings older runs did not record: not compared on resume when the old run lacks them.
 UNRECORDED_BEFORE = frozenset({"device", "max_prompt_tokens", "on_long_prompt", "columns"})
+#: The same inside ``generation`` (``batch_tokens``: the batch token budget, issue 16).
+GENERATION_UNRECORDED_BEFORE = frozenset({"batch_tokens"})
 #: Keys of run.json that a resume may change (they describe the state, not the settings).
 STATE_KEYS = frozenset({"num_samples", "created", "checksum", "shared_checksums", "tensors_pruned"})
 

@@ -22,6 +22,7 @@ from hallugraph.store.integrity import (
 from hallugraph.store.layout import (
     ERRORS,
     FORMAT_VERSION,
+    GENERATION_UNRECORDED_BEFORE,
     INFO_DEFAULTS,
     MANIFEST,
     RUN_INFO,
@@ -40,6 +41,18 @@ from hallugraph.store.layout import (
     write_run_info,
 )
 from hallugraph.store.reader import TraceStore
+
+
+def _recorded(value: Any, key: str, old: Mapping[str, Any] | None = None) -> Any:
+    """``value`` of run.json's ``key`` as compared on resume: a ``generation`` setting that the
+    old run (``old``) did not record yet is left out."""
+    if key != "generation" or old is None or not isinstance(value, dict):
+        return value
+    before = old.get("generation")
+    if not isinstance(before, dict):
+        return value
+    drop = GENERATION_UNRECORDED_BEFORE - set(before)
+    return {k: v for k, v in value.items() if k not in drop}
 
 
 class TraceWriter:
@@ -111,7 +124,7 @@ class TraceWriter:
                 for k in set(old) | set(info)
                 if k not in STATE_KEYS
                 and not (k in UNRECORDED_BEFORE and k not in old)
-                and old.get(k, INFO_DEFAULTS.get(k)) != info.get(k)
+                and _recorded(old.get(k, INFO_DEFAULTS.get(k)), k) != _recorded(info.get(k), k, old)
             ]
             if diff:
                 raise StoreError(
@@ -121,7 +134,6 @@ class TraceWriter:
             for k in ("created", "shared_checksums", "tensors_pruned"):
                 if k in old:
                     info[k] = old[k]
-        (self.dir / SHARD_DIR).mkdir(exist_ok=True)
         self.rows: list[dict[str, Any]] = read_manifest(self.dir)
         if info_path.exists() and "checksum" not in old and self.rows:
             # a run of an older version: it stays one (its old traces have no checksums; the
@@ -130,6 +142,9 @@ class TraceWriter:
         if (self.dir / SHARED).exists() and "shared_checksums" not in info and not self.rows:
             (self.dir / SHARED).unlink()  # written just before a kill, checksum never recorded
         write_run_info(self.dir, info)
+        # after run.json: another process of the run (``--part``) starting now must not find
+        # shards/ without it (check_out_dir would refuse the folder)
+        (self.dir / SHARD_DIR).mkdir(exist_ok=True)
         self.info = info
         self.done_ids = {r["question_id"] for r in self.rows}
         self.shards_done = list(dict.fromkeys(r["shard"] for r in self.rows))
