@@ -73,7 +73,7 @@ transcoders: setup  ## the documented transcoder set for SmolLM2-135M (~2 h on 2
 	@test -d /usr/share/doc/python3.11/html/_sources -a -f /usr/share/dictd/gcide.dict.dz \
 	  || (apt-get update -qq && apt-get install -y -qq python3.11-doc dict-gcide) \
 	  || { echo "the training text needs Debian's python3.11-doc and dict-gcide: apt-get install python3.11-doc dict-gcide"; exit 1; }
-	$(BIN)/hallugraph transcoders train --preset smollm2-135m-2h-v2 $(ARGS)
+	$(BIN)/hallugraph transcoders train --preset smollm2-135m-2h-v3 $(ARGS)
 
 bench: setup        ## extraction speed and bytes against the seed script's approach
 	$(BIN)/python benchmarks/extract_vs_original.py $(ARGS)

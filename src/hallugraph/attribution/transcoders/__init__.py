@@ -13,7 +13,7 @@ on the exported form),
 :mod:`.io` (the on-disk format), :mod:`.run` (train → export → evaluate → manifest; the CLI's),
 :mod:`.legacy` (the previous dense trainer, kept as the speed baseline).
 
-Train with ``hallugraph transcoders train --preset smollm2-135m-2h-v2``; load the set with
+Train with ``hallugraph transcoders train --preset smollm2-135m-2h-v3``; load the set with
 :func:`hallugraph.attribution.tracer.load_replacement_model`. See docs/TRANSCODERS.md.
 """
 
