@@ -34,9 +34,9 @@ from typing import Any
 import torch
 
 from hallugraph.attribution.prefix_scores import shared_graphs
-from hallugraph.attribution.run import _record, answer_offsets, attribute_answer_token
+from hallugraph.attribution.run import answer_offsets, attribute_answer_token
 from hallugraph.attribution.run import context_rows as run_context_rows
-from hallugraph.attribution.scores import scores_from_graph
+from hallugraph.attribution.scores import scores_from_graph, trace_record
 from hallugraph.attribution.settings import load_for_run, resolve_transcoders
 from hallugraph.config import cpu_name
 from hallugraph.io import atomic_write_text
@@ -68,13 +68,13 @@ def compare_answer(engine: Any, row: dict, nodes: int, max_tokens: int, batch: i
         old_graphs.append((_triples(graph), len(graph.active_features), graph))
     cpu_old = time.process_time() - cpu0 - t_sparse
     probs = [float(g.logit_probabilities[0]) for _, _, g in old_graphs]
-    old = _record(row, dense, probs, 0.0)
-    old_sparse = _record(row, sparse, probs, 0.0)
+    old = trace_record(row, dense, probs, 0.0)
+    old_sparse = trace_record(row, sparse, probs, 0.0)
     cpu0 = time.process_time()
     graphs, ctx = shared_graphs(engine, row, ks, max_feature_nodes=nodes, batch_size=batch)
     new_scores = [scores_from_graph(g, ctx, sparse=True) for g in graphs]
     cpu_new = time.process_time() - cpu0
-    new = _record(row, new_scores, [float(g.logit_probabilities[0]) for g in graphs], 0.0)
+    new = trace_record(row, new_scores, [float(g.logit_probabilities[0]) for g in graphs], 0.0)
     per_graph = []
     for (trip, n_act, og), g, so, sn in zip(old_graphs, graphs, dense, new_scores, strict=True):
         swapped = len(trip - _triples(g))

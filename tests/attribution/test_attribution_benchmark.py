@@ -188,8 +188,11 @@ def test_pipeline_end_to_end_and_resumes(tiny_run, tiny_ct, tmp_path, monkeypatc
     # CPU: the steps that finished + the scoring's per-answer seconds (the sweep's reused
     # answers counted once, in the sweep step)
     acct = res["cpu_seconds"]
-    own = sum(r["seconds"] for r in scored["scores"].values() if not r.get("from_sweep"))
+    mine = [r for r in scored["scores"].values() if not r.get("from_sweep")]
+    assert all(0 < r["cpu_s"] for r in mine)  # CPU, not wall, seconds per answer
+    own = sum(r["cpu_s"] for r in mine)
     assert acct["scoring_answer_s"]["halueval_qa_tf"] == pytest.approx(own, abs=0.05)
+    assert acct["scoring_wall_answers"]["halueval_qa_tf"] == 0
     assert "sweep" in acct["steps_cpu_s"] and "score" not in acct["steps_cpu_s"]
     assert acct["total_s"] == pytest.approx(
         sum(acct["steps_cpu_s"].values()) + sum(acct["scoring_answer_s"].values()), abs=0.1

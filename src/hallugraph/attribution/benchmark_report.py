@@ -289,23 +289,27 @@ def plot_distributions(path: Path, t: dict[str, np.ndarray], fit: Any, title: st
 
 def cpu_account(out: Path, steps: dict[str, Any]) -> dict[str, Any]:
     """CPU seconds of the evaluation: each finished step's (``steps.json``; a step killed before
-    it finished is not there), and the scoring as the sum of the stored per-answer seconds
-    (one thread per process, so wall ≈ CPU; answers taken over from the sweep are left out:
-    their time is the sweep step's). ``total_s`` adds them up."""
+    it finished is not there), and the scoring as the sum of the stored per-answer CPU seconds
+    (``cpu_s``, one thread per process; records made before it was stored count their wall
+    ``seconds``, an upper bound on a shared machine: ``scoring_wall_answers`` says how many;
+    answers taken over from the sweep are left out: their time is the sweep step's)."""
     from hallugraph.features.groundedness import read_scores
 
     by_step = {k: float(v.get("cpu_s", 0.0)) for k, v in steps.items() if k != "score"}
-    scoring = {}
+    scoring, wall = {}, {}
     for r in RUNS:
-        recs = read_scores(out / r)["scores"].values()
-        scoring[r] = round(sum(float(v["seconds"]) for v in recs if not v.get("from_sweep")), 1)
+        recs = [v for v in read_scores(out / r)["scores"].values() if not v.get("from_sweep")]
+        scoring[r] = round(sum(float(v.get("cpu_s", v["seconds"])) for v in recs), 1)
+        wall[r] = sum("cpu_s" not in v for v in recs)
     total = sum(by_step.values()) + sum(scoring.values())
     return {
         "steps_cpu_s": by_step,
         "scoring_answer_s": scoring,
+        "scoring_wall_answers": wall,
         "total_s": round(total, 1),
-        "note": "scoring = sum of per-answer seconds (1 thread per process); steps from "
-        "steps.json (extraction is its own line when the extract step ran here)",
+        "note": "scoring = sum of per-answer CPU seconds (1 thread per process; wall seconds "
+        "for the answers counted in scoring_wall_answers); steps from steps.json (extraction "
+        "is its own line when the extract step ran here)",
     }
 
 

@@ -43,7 +43,6 @@ file (settings checked).
 """
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -56,7 +55,7 @@ from tqdm.auto import tqdm
 
 from hallugraph.attribution.engine import AttributionEngine
 from hallugraph.attribution.prefix_scores import shared_scores
-from hallugraph.attribution.scores import GraphScores, scores_from_graph
+from hallugraph.attribution.scores import GraphScores, scores_from_graph, trace_record
 from hallugraph.attribution.settings import (
     MATCHING,
     TARGETS,
@@ -151,23 +150,7 @@ def score_trace_budgets(
         probs.append(float(graph.logit_probabilities[0]))
         del graph
     seconds = round(time.perf_counter() - t0, 3)
-    return {b: _record(row, s, probs, seconds) for b, s in per.items()}
-
-
-def _record(
-    row: Mapping[str, Any], scores: Sequence[GraphScores], probs: Sequence[float], seconds: float
-) -> dict[str, Any]:
-    return {
-        "index": int(row.get("index", -1)),
-        "gctx": _mean([s.gctx for s in scores]),
-        "rs": _mean([s.rs for s in scores]),
-        "cs": _mean([s.cs for s in scores]),
-        "n_features": round(sum(s.n_features for s in scores) / len(scores)),
-        "n_context": scores[0].n_context,
-        "n_graphs": len(scores),
-        "target_prob": _mean(probs),
-        "seconds": seconds,
-    }
+    return {b: trace_record(row, s, probs, seconds) for b, s in per.items()}
 
 
 def stored_settings(settings: AttributionSettings, tdir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -180,11 +163,6 @@ def stored_settings(settings: AttributionSettings, tdir: str | os.PathLike[str])
     }
 
 
-def _mean(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return sum(finite) / len(finite) if finite else float("nan")
-
-
 def score_trace(
     replacement_model: Any,
     row: Mapping[str, Any],
@@ -193,16 +171,18 @@ def score_trace(
     shared: bool = False,
 ) -> dict[str, Any]:
     """The stored record of one trace: Gctx, RS, CS (means over its graphs), mean feature
-    nodes per graph, context positions, number of graphs, mean target probability, seconds;
-    ``shared``: several answer tokens' graphs from one attribution (``"path": "shared"``)."""
-    t0 = time.perf_counter()
+    nodes per graph, context positions, number of graphs, mean target probability, wall seconds
+    and ``cpu_s`` (this process's CPU seconds: the trace's own with one thread, whatever else
+    runs on the machine); ``shared``: several answer tokens' graphs from one attribution."""
+    t0, c0 = time.perf_counter(), time.process_time()
     scores: list[GraphScores] = []
     probs: list[float] = []
     ks = answer_offsets(row, settings.targets, settings.max_answer_tokens)
     if shared and len(ks) > 1 and isinstance(replacement_model, AttributionEngine):
         kw = {"max_feature_nodes": settings.max_feature_nodes, "batch_size": settings.batch_size}
         scores, probs = shared_scores(replacement_model, row, ks, **kw)
-        return {**_record(row, scores, probs, round(time.perf_counter() - t0, 3)), "path": "shared"}
+        rec = trace_record(row, scores, probs, round(time.perf_counter() - t0, 3), c0)
+        return {**rec, "path": "shared"}
     for k in ks:
         graph, ctx, _ = attribute_answer_token(
             replacement_model,
@@ -214,7 +194,7 @@ def score_trace(
         scores.append(scores_from_graph(graph, ctx))
         probs.append(float(graph.logit_probabilities[0]))
         del graph
-    return _record(row, scores, probs, round(time.perf_counter() - t0, 3))
+    return trace_record(row, scores, probs, round(time.perf_counter() - t0, 3), c0)
 
 
 # ---------------------------------------------------------------------------------------------

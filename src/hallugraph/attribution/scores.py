@@ -39,7 +39,9 @@ float64:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -321,3 +323,33 @@ def context_positions(
     """
     start, end = span
     return [i + shift for i, (s, e) in enumerate(offsets) if e > start and s < end and e > s]
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def trace_record(
+    row: Mapping[str, Any],
+    scores: Sequence[GraphScores],
+    probs: Sequence[float],
+    seconds: float,
+    cpu0: float | None = None,
+) -> dict[str, Any]:
+    """The stored record of one trace from its graphs' scores: Gctx, RS, CS (NaN-aware means
+    over the graphs), mean feature nodes, context positions, graphs, mean target probability,
+    wall ``seconds`` and, given the CPU clock ``cpu0`` at the start, ``cpu_s``."""
+    cpu = {} if cpu0 is None else {"cpu_s": round(time.process_time() - cpu0, 3)}
+    return {
+        **cpu,
+        "index": int(row.get("index", -1)),
+        "gctx": _mean([s.gctx for s in scores]),
+        "rs": _mean([s.rs for s in scores]),
+        "cs": _mean([s.cs for s in scores]),
+        "n_features": round(sum(s.n_features for s in scores) / len(scores)),
+        "n_context": scores[0].n_context,
+        "n_graphs": len(scores),
+        "target_prob": _mean(probs),
+        "seconds": seconds,
+    }
