@@ -237,6 +237,22 @@ class AttributionEngine:
         clock("assemble")
         self.last_timings, self.last_cpu_timings = clock.seconds, clock.cpu_seconds
         log.info("attribution done in %.2f s: %s", time.perf_counter() - t0, clock.seconds)
+        order_t = None if budget == n_active else torch.cat(order)
+        return self.graph_of(ids, prep, selected, adjacency, targets, probs, order_t)
+
+    def graph_of(
+        self,
+        ids: torch.Tensor,
+        prep: Any,
+        selected: torch.Tensor,
+        adjacency: torch.Tensor,
+        targets: list[LogitTarget],
+        probs: torch.Tensor,
+        selection_order: torch.Tensor | None,
+    ) -> AttributionGraph:
+        """The :class:`AttributionGraph` of the tokens ``ids`` from their prepared features
+        ``prep`` and the computed adjacency (:meth:`attribute`, and the shared prefixes of
+        :func:`~.prefixes.attribute_prefixes`)."""
         return AttributionGraph(
             input_string=self.tokenizer.decode(ids),
             input_tokens=ids,
@@ -248,8 +264,8 @@ class AttributionEngine:
             logit_probabilities=probs.cpu(),
             vocab_size=int(self.tokenizer.vocab_size),
             cfg=self.cfg,
-            scan=tc.scan,
-            selection_order=None if budget == n_active else torch.cat(order),
+            scan=self.transcoders.scan,
+            selection_order=selection_order,
         )
 
     def _rows(

@@ -235,22 +235,9 @@ def attribute_prefixes(
         selected = torch.where(st.visited)[0]
         adjacency = st.store.assemble(selected, 1, extra)
         prep = st.prep
-        graphs.append(
-            AttributionGraph(
-                input_string=engine.tokenizer.decode(ids[: st.end]),
-                input_tokens=ids[: st.end],
-                active_features=torch.stack([prep.feat_layer, prep.feat_pos, prep.feat_idx], 1),
-                activation_values=prep.values.cpu(),
-                selected_features=selected,
-                adjacency_matrix=adjacency.cpu(),
-                logit_targets=named,
-                logit_probabilities=probs.cpu(),
-                vocab_size=int(engine.tokenizer.vocab_size),
-                cfg=engine.cfg,
-                scan=tc.scan,
-                selection_order=None if st.budget == prep.n_features else torch.cat(st.order),
-            )
-        )
+        order = None if st.budget == prep.n_features else torch.cat(st.order)
+        ids_k = ids[: st.end]
+        graphs.append(engine.graph_of(ids_k, prep, selected, adjacency, named, probs, order))
     clock("assemble")
     engine.last_timings, engine.last_cpu_timings = clock.seconds, clock.cpu_seconds
     return graphs
