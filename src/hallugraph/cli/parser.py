@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_RUNS = Path("runs")
@@ -31,24 +32,23 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
-    return n
+def _int_at_least(minimum: int, words: str) -> Callable[[str], int]:
+    """An argparse ``type``: an integer ``>= minimum`` (``words`` says the bound in the error)."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be {words}, not {n}")
+        return n
+
+    return parse
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
-    return n
+_positive_int = _int_at_least(1, "at least 1")
+_nonnegative_int = _int_at_least(0, "0 or more")
 
 
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
