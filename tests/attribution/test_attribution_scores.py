@@ -81,8 +81,9 @@ def test_gctx_one_when_only_context_carries_influence_zero_when_none():
     assert context_share(infl, LAYOUT, [1, 2]) == 0.0
 
 
-def test_scores_from_graph_object():
-    g = SimpleNamespace(
+def hand_graph_object() -> SimpleNamespace:
+    """The hand graph as a graph object (adjacency, one selected feature, three tokens)."""
+    return SimpleNamespace(
         adjacency_matrix=hand_graph(),
         selected_features=torch.tensor([0]),
         input_tokens=torch.tensor([1, 5, 6]),
@@ -90,6 +91,10 @@ def test_scores_from_graph_object():
         logit_probabilities=torch.tensor([1.0]),
         cfg=SimpleNamespace(n_layers=1),
     )
+
+
+def test_scores_from_graph_object():
+    g = hand_graph_object()
     s = scores_from_graph(g, context=[1])
     assert (s.gctx, s.rs, s.cs) == pytest.approx((0.75, 0.5, 0.8))
     assert s.to_dict()["n_context"] == 1
@@ -155,14 +160,7 @@ def test_sparse_scores_equal_dense(seed):
     graph, lay = random_graph(seed)
     cyc = SimpleNamespace(**{**vars(graph), "adjacency_matrix": graph.adjacency_matrix.clone()})
     cyc.adjacency_matrix[0, 1] = cyc.adjacency_matrix[1, 0] = 0.5  # features 0 <-> 1
-    hand = SimpleNamespace(
-        adjacency_matrix=hand_graph(),
-        selected_features=torch.tensor([0]),
-        input_tokens=torch.tensor([1, 5, 6]),
-        logit_targets=["x"],
-        logit_probabilities=torch.tensor([1.0]),
-        cfg=SimpleNamespace(n_layers=1),
-    )
+    hand = hand_graph_object()
     for g in (graph, cyc, hand):
         dense, sparse = scores_from_graph(g, [1]), scores_from_graph(g, [1], sparse=True)
         for f in ("gctx", "rs", "cs"):
