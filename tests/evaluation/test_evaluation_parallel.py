@@ -93,3 +93,31 @@ def test_cells_are_computed_single_threaded():
 def test_processes_need_cells(two_runs, tmp_path):  # noqa: F811
     with pytest.raises(ValueError, match="processes"):
         _eval(two_runs, tmp_path / "e", processes=2, cells=False)
+
+
+_FRESH_WORKER = """
+import sys
+from hallugraph.detectors.base import DETECTORS
+from hallugraph.evaluation import parallel
+import hallugraph.detectors.fusion  # what unpickling a fusion spec imports
+before = "graph_topology" in DETECTORS
+parallel._init(parallel.Setup(tuple(sys.argv[1:]), (), 0, 3, 1, 10, sys.argv[1] + "/c", False))
+print(before, all(n in DETECTORS for n in ("graph_topology", "hallushift", "lapeigvals")))
+"""
+
+
+def test_a_spawned_worker_knows_every_fusion_base(two_runs):  # noqa: F811
+    """A spawned worker starts with only the detector modules its tasks' unpickling imports: a
+    fusion base from another module (graph_topology, hallushift, lapeigvals) was unknown there
+    and dropped from the fusion, silently, in evaluate(..., processes=2) on runs without
+    tensors. The worker's start registers every built-in detector."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _FRESH_WORKER, *map(str, two_runs)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == ["False", "True"]

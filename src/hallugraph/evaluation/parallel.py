@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hallugraph.detectors.registry import all_detectors
 from hallugraph.evaluation.cells import CellStore, detector_identity, digest
 from hallugraph.evaluation.cv import Run, _fold, cv_cells, instantiate, load_runs
 from hallugraph.evaluation.transfer import (
@@ -110,9 +111,12 @@ _STATE: dict[str, Any] = {}
 
 
 def _init(setup: Setup) -> None:
-    """Worker start: one thread per library, the runs loaded once."""
+    """Worker start: one thread per library, every built-in detector registered (a spawned
+    process holds only the modules its tasks' unpickling imported: without this, a fusion's
+    base from another module was unknown there and silently dropped), the runs loaded once."""
     for var in _THREAD_VARS:
         os.environ[var] = "1"
+    all_detectors()
     loaded = load_runs(
         list(setup.runs),
         seed=setup.seed,
