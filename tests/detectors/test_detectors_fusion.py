@@ -3,6 +3,8 @@ to fit), robust to a family that cannot run, family weights, per-run rank normal
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -105,6 +107,29 @@ def test_fusion_with_no_usable_family_is_not_applicable(tiny_run, spies):
         get_detector("fusion", bases=("spy_absent",)).fit(X, X.labels)
     with pytest.raises(ValueError, match="normalize"):
         get_detector("fusion", normalize="zscore").fit(X, X.labels)
+
+
+def test_an_unknown_base_name_is_an_error_not_a_dropped_family(tiny_run, spies):
+    X = FeatureTable.from_run(tiny_run)
+    det = get_detector("fusion", bases=("spy_signal", "spy_nosie"))
+    with pytest.raises(ValueError, match="unknown base detector.*'spy_nosie'"):
+        det.fit(X, X.labels)
+    with pytest.raises(ValueError, match="'spy_nosie'"):
+        det.stats_read()
+
+
+def test_the_fusion_alone_knows_every_default_base():
+    """A fresh interpreter that imports only the fusion module (a spawned worker unpickling a
+    fusion task) still resolves every default base: the registry's loader runs on lookup."""
+    code = (
+        "from hallugraph.detectors.fusion import DEFAULT_BASES, Fusion, _registered\n"
+        "missing = [b for b in DEFAULT_BASES if b not in _registered()]\n"
+        "assert not missing, missing\n"
+        "print(','.join(Fusion().stats_read()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().split(",") == list(get_detector("fusion").stats_read())
 
 
 def test_rank_normalization_ignores_a_monotone_rescaling():

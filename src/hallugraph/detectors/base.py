@@ -5,6 +5,7 @@ signature, fitted state in attributes ending with ``_``), a fitted state saved w
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -162,6 +163,22 @@ class Detector:
 
 
 DETECTORS: dict[str, type[Detector]] = {}
+_LOADERS: list[Callable[[], None]] = []
+
+
+def add_loader(load: Callable[[], None]) -> None:
+    """Register a function that imports detector modules (the registry's built-in list), run
+    by :func:`registered_detectors`; a detector that composes others by name (``fusion``)
+    then knows every detector without importing the registry, which imports it."""
+    if load not in _LOADERS:
+        _LOADERS.append(load)
+
+
+def registered_detectors() -> dict[str, type[Detector]]:
+    """Every registered detector by name, after running the loaders."""
+    for load in _LOADERS:
+        load()
+    return dict(DETECTORS)
 
 
 def register(cls: type[Detector]) -> type[Detector]:

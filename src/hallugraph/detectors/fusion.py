@@ -30,7 +30,8 @@ only, so no fold's test answers ever touch the meta-learner (nested cross-valida
 * **Robust to a missing family**: a base detector that cannot run on the training rows
   (:class:`NotApplicable`: e.g. no attribution scores) or fails is left out (``dropped_``
   says why); one that cannot run at prediction time contributes its training mean (a
-  standardized 0): the others decide.
+  standardized 0): the others decide. A base name that is not a registered detector is a
+  ``ValueError``, never a family silently left out.
 * ``family_weights_``: each family's share of the meta-learner's absolute coefficients (the
   inputs are standardized, so coefficients are comparable).
 
@@ -43,7 +44,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from hallugraph.detectors.base import DETECTORS, Detector, NotApplicable, register
+from hallugraph.detectors.base import Detector, NotApplicable, register, registered_detectors
 from hallugraph.features import FeatureTable
 from hallugraph.splits import grouped_kfold
 
@@ -64,15 +65,25 @@ _EPS = 1e-6
 
 
 def _registered() -> dict[str, type[Detector]]:
-    """The registered detectors (the registry, which imports this module, has loaded them)."""
-    return {k: v for k, v in DETECTORS.items() if k != Fusion.name}
+    """Every registered detector but the fusion (the built-in ones loaded first)."""
+    return {k: v for k, v in registered_detectors().items() if k != Fusion.name}
+
+
+def _check_bases(bases: tuple[str, ...]) -> dict[str, type[Detector]]:
+    """The registry, after a ``ValueError`` naming any base that is not a registered detector
+    (a typo must fail, not leave a family silently out of the fusion)."""
+    reg = _registered()
+    unknown = [b for b in bases if b not in reg]
+    if unknown:
+        raise ValueError(
+            f"fusion: unknown base detector(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(sorted(reg))}"
+        )
+    return reg
 
 
 def _base(name: str, seed: int) -> Detector:
-    reg = _registered()
-    if name not in reg:
-        raise KeyError(f"unknown base detector {name!r}; known: {', '.join(sorted(reg))}")
-    det = reg[name]()
+    det = _check_bases((name,))[name]()
     if "seed" in det.get_params():
         det.set_params(seed=seed)
     return det
@@ -120,11 +131,10 @@ class Fusion(Detector):
     _choices = {"normalize": ("none", "run"), "bases_fit": ("crossfit", "refit")}
 
     def stats_read(self) -> tuple[str, ...]:
-        reg = _registered()
+        reg = _check_bases(tuple(self.bases))
         out: dict[str, None] = {}
         for b in self.bases:
-            if b in reg:
-                out.update(dict.fromkeys(reg[b]().stats_read()))
+            out.update(dict.fromkeys(reg[b]().stats_read()))
         return tuple(out)
 
     # ------------------------------------------------------------------ meta-features
@@ -147,6 +157,7 @@ class Fusion(Detector):
 
     def fit(self, X: FeatureTable, y: np.ndarray) -> Fusion:
         self.check_params()
+        _check_bases(tuple(self.bases))
         y = np.asarray(y).astype(np.int64)
         groups = X.groups
         k = int(min(self.inner_folds, len(np.unique(groups))))
@@ -172,7 +183,7 @@ class Fusion(Detector):
                     oof[te] = _proba(models[-1], X[te])
                 if not np.isfinite(oof).all():
                     raise ValueError("non-finite scores")
-            except (NotApplicable, KeyError) as err:
+            except NotApplicable as err:
                 self.dropped_[name] = f"not applicable: {err}"
                 continue
             except Exception as err:  # noqa: BLE001 - one family must not sink the fusion

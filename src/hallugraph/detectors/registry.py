@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from hallugraph.detectors.base import DETECTORS, Detector
+from hallugraph.detectors.base import DETECTORS, Detector, add_loader
 
 
 def _load_builtin() -> None:
@@ -23,6 +23,9 @@ def _load_builtin() -> None:
         probes,
         topology,
     )
+
+
+add_loader(_load_builtin)
 
 
 def get_detector(name: str, **params: Any) -> Detector:
