@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from hallugraph.detectors.base import DETECTORS, Detector, add_loader
+from hallugraph.detectors.base import DETECTORS, Detector, add_loader, registered_detectors
 
 
 def _load_builtin() -> None:
@@ -36,8 +36,8 @@ def get_detector(name: str, **params: Any) -> Detector:
 
 
 def all_detectors() -> dict[str, type[Detector]]:
-    _load_builtin()
-    return dict(DETECTORS)
+    """Every registered detector by name, the built-in ones loaded first."""
+    return registered_detectors()
 
 
 def detector_from_state(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Detector:

@@ -25,6 +25,7 @@ from hallugraph.evaluation.cells import (
     CellStore,
     code_digest,
     detector_identity,
+    detector_modules,
     floats,
     number,
     rows_id,
@@ -229,7 +230,7 @@ def cv_cells(
     for r, k, _tr, te in run.folds:
         parts = {
             "format": CELL_FORMAT,
-            "code": code_digest(),
+            "code": code_digest(detector_modules(ident)),
             "kind": "cv",
             "detector": ident,
             "seed": seed,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hallugraph.detectors import NotApplicable
+from hallugraph.detectors.base import NotApplicable
 from hallugraph.evaluation.bootstrap import metrics_with_ci, percent_positive, question_weights
 from hallugraph.evaluation.cells import (
     CELL_FORMAT,
@@ -21,6 +21,7 @@ from hallugraph.evaluation.cells import (
     CellStore,
     code_digest,
     detector_identity,
+    detector_modules,
     floats,
     rows_id,
     seed_globals,
@@ -88,7 +89,7 @@ def transfer_cell(
     ]
     parts = {
         "format": CELL_FORMAT,
-        "code": code_digest(),
+        "code": code_digest(detector_modules(ident)),
         "kind": "transfer",
         "detector": ident,
         "seed": seed,
@@ -220,7 +221,7 @@ def lodo_cell(
     left = runs[j]
     parts = {
         "format": CELL_FORMAT,
-        "code": code_digest(),
+        "code": code_digest(detector_modules(ident)),
         "kind": "lodo",
         "detector": ident,
         "seed": seed,
