@@ -266,3 +266,49 @@ def test_release_memory_returns_a_units_freed_heap_to_the_system():
     if not m["trimmed"]:
         pytest.skip("not glibc")
     assert m["freed_kB"] > 100 * 1024, m
+
+
+_MMAP_SCRIPT = """
+import json, sys
+from hallugraph.pipeline.worker import bound_heap
+
+def rss():
+    with open("/proc/self/status") as fh:
+        return next(int(ln.split()[1]) for ln in fh if ln.startswith("VmRSS:"))
+
+bound = bound_heap(int(sys.argv[1]))
+warm = b"\\x01" * (8 << 20)
+del warm  # glibc's own threshold rises to 8 MiB when a mapped block this size is freed
+blocks, pins = [], []
+for _ in range(100):  # 200 MiB of 2-MiB blocks (tensor-sized), each followed by a live block
+    blocks.append(b"\\x01" * (2 << 20))  # that outlives it: free() cannot shrink the heap
+    pins.append(b"\\x01" * (256 << 10))
+before = rss()
+del blocks
+print(json.dumps({"bound": bound, "freed_kB": before - rss()}))
+"""
+
+
+def _freed_by_free(threshold: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", _MMAP_SCRIPT, str(threshold)],
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_bound_heap_keeps_tensor_sized_blocks_out_of_the_heap():
+    """Under glibc's own (rising) mmap threshold, tensor-sized blocks come from the heap and stay
+    resident when freed; the extraction workers fix the threshold (``bound_heap``, issue 16) so
+    that they are mapped and given back by ``free`` itself."""
+    bounded = _freed_by_free(1 << 20)
+    if not bounded["bound"]:
+        pytest.skip("not glibc")
+    assert bounded["freed_kB"] > 150 * 1024, bounded
+    default = _freed_by_free(0)  # 0: glibc's threshold left alone
+    assert not default["bound"] and default["freed_kB"] < 50 * 1024, default

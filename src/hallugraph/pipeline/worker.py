@@ -95,6 +95,7 @@ class UnitWorker:
     """Extracts units of a run with one model (``lm``, else ``spec.load()``)."""
 
     def __init__(self, spec: WorkerSpec, lm: LoadedModel | None = None) -> None:
+        bound_heap()  # before the model loads: its temporaries are mapped, then unmapped
         self.spec = spec
         self.lm = lm if lm is not None else spec.load()
         self._predictor: Any = None
@@ -196,19 +197,54 @@ def release_memory() -> bool:
     number of units done (issue 16). Trimming after each unit costs milliseconds.
     """
     gc.collect()
-    trim = _malloc_trim()
-    if trim is None:
+    libc = _glibc()
+    if libc is None:
         return False
-    trim(0)
+    libc.malloc_trim(0)
     return True
 
 
+#: glibc's ``M_MMAP_THRESHOLD`` for extraction, bytes (``$HALLUGRAPH_MMAP_THRESHOLD``; 0 leaves
+#: glibc's own, which rises to 32 MB as large blocks are freed): a block this large or larger
+#: is mapped for itself and unmapped when freed, never carved from the heap (issue 16,
+#: docs/BENCHMARKS.md "Peak RSS against the run's length").
+MMAP_THRESHOLD = 128 * 1024
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def bound_heap(threshold: int | None = None) -> bool:
+    """Fix glibc's mmap threshold for this process (``False`` where there is no glibc, or for
+    a threshold of 0: glibc's default kept).
+
+    By default glibc raises the threshold each time a mapped block is freed, up to 32 MB, so
+    the tensors of an extraction (attention maps, hidden states, logits: 0.1-30 MB) soon come
+    from the heap; freed there, they leave pages that neither the next unit reuses in full
+    nor :func:`release_memory` can return while a live block sits among them, and a long run's
+    peak crept up with its length. A fixed threshold keeps every block of at least that size
+    out of the heap.
+    """
+    if threshold is None:
+        raw = os.environ.get("HALLUGRAPH_MMAP_THRESHOLD", str(MMAP_THRESHOLD))
+        try:
+            threshold = int(raw)
+        except ValueError:
+            raise ValueError(
+                f"HALLUGRAPH_MMAP_THRESHOLD must be a whole number of bytes, not {raw!r}"
+            ) from None
+    libc = _glibc()
+    if libc is None or threshold <= 0:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+
+
 @functools.cache
-def _malloc_trim() -> Any:
+def _glibc() -> Any:
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018 - both exist: glibc
     except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
         return None
+    return libc
 
 
 def _prune(run_dir: Path, shards: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
