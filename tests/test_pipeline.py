@@ -270,7 +270,7 @@ def test_release_memory_returns_a_units_freed_heap_to_the_system():
 
 _MMAP_SCRIPT = """
 import json, sys
-from hallugraph.pipeline.worker import bound_heap
+from hallugraph.config import bound_heap
 
 def rss():
     with open("/proc/self/status") as fh:

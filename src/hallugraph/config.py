@@ -1,10 +1,14 @@
-"""Where things live: the cache, the benchmark data, the runs."""
+"""Where things live (the cache, the benchmark data, the runs) and how the process runs (the
+CPU's name, glibc's heap)."""
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -48,3 +52,48 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+#: glibc's ``M_MMAP_THRESHOLD`` for extraction, bytes (``$HALLUGRAPH_MMAP_THRESHOLD``; 0 leaves
+#: glibc's own, which rises to 32 MB as large blocks are freed): a block this large or larger
+#: is mapped for itself and unmapped when freed, never carved from the heap (issue 16,
+#: docs/BENCHMARKS.md "A fixed mmap threshold"). ``hallugraph extract`` / ``run`` / ``merge``
+#: set it first thing; extraction workers again when they start.
+MMAP_THRESHOLD = 128 * 1024
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def bound_heap(threshold: int | None = None) -> bool:
+    """Fix glibc's mmap threshold for this process (``False`` where there is no glibc, or for
+    a threshold of 0: glibc's default kept).
+
+    By default glibc raises the threshold each time a mapped block is freed, up to 32 MB, so
+    the tensors of an extraction (attention maps, hidden states, logits: 0.1-30 MB) soon come
+    from the heap; freed there, they leave pages that neither the next unit reuses in full
+    nor the worker's ``malloc_trim`` can return while a live block sits among them, and a
+    long run's peak crept up with its length. A fixed threshold keeps every block of at
+    least that size out of the heap.
+    """
+    if threshold is None:
+        raw = os.environ.get("HALLUGRAPH_MMAP_THRESHOLD", str(MMAP_THRESHOLD))
+        try:
+            threshold = int(raw)
+        except ValueError:
+            raise ValueError(
+                f"HALLUGRAPH_MMAP_THRESHOLD must be a whole number of bytes, not {raw!r}"
+            ) from None
+    libc = glibc()
+    if libc is None or threshold <= 0:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+
+
+@functools.cache
+def glibc() -> Any:
+    """The C library when it is glibc (``malloc_trim`` and ``mallopt``), else ``None``."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018 - both exist: glibc
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return None
+    return libc

@@ -30,6 +30,10 @@ from hallugraph.cli.parser import build_parser
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("extract", "run", "merge"):
+        from hallugraph.config import bound_heap
+
+        bound_heap()  # before anything is read or loaded (docs/EXTRACTION.md, "Units of work")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )

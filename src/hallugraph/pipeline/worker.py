@@ -9,8 +9,6 @@ then its part file, last. A worker holds at most one shard's traces in memory.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import gc
 import os
 from collections.abc import Callable, Sequence
@@ -20,6 +18,7 @@ from typing import Any
 
 import torch
 
+from hallugraph.config import bound_heap, glibc
 from hallugraph.data import Example
 from hallugraph.extract import (
     GenerationSettings,
@@ -197,54 +196,11 @@ def release_memory() -> bool:
     number of units done (issue 16). Trimming after each unit costs milliseconds.
     """
     gc.collect()
-    libc = _glibc()
+    libc = glibc()
     if libc is None:
         return False
     libc.malloc_trim(0)
     return True
-
-
-#: glibc's ``M_MMAP_THRESHOLD`` for extraction, bytes (``$HALLUGRAPH_MMAP_THRESHOLD``; 0 leaves
-#: glibc's own, which rises to 32 MB as large blocks are freed): a block this large or larger
-#: is mapped for itself and unmapped when freed, never carved from the heap (issue 16,
-#: docs/BENCHMARKS.md "Peak RSS against the run's length").
-MMAP_THRESHOLD = 128 * 1024
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
-
-
-def bound_heap(threshold: int | None = None) -> bool:
-    """Fix glibc's mmap threshold for this process (``False`` where there is no glibc, or for
-    a threshold of 0: glibc's default kept).
-
-    By default glibc raises the threshold each time a mapped block is freed, up to 32 MB, so
-    the tensors of an extraction (attention maps, hidden states, logits: 0.1-30 MB) soon come
-    from the heap; freed there, they leave pages that neither the next unit reuses in full
-    nor :func:`release_memory` can return while a live block sits among them, and a long run's
-    peak crept up with its length. A fixed threshold keeps every block of at least that size
-    out of the heap.
-    """
-    if threshold is None:
-        raw = os.environ.get("HALLUGRAPH_MMAP_THRESHOLD", str(MMAP_THRESHOLD))
-        try:
-            threshold = int(raw)
-        except ValueError:
-            raise ValueError(
-                f"HALLUGRAPH_MMAP_THRESHOLD must be a whole number of bytes, not {raw!r}"
-            ) from None
-    libc = _glibc()
-    if libc is None or threshold <= 0:
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
-
-
-@functools.cache
-def _glibc() -> Any:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim, libc.mallopt  # noqa: B018 - both exist: glibc
-    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
-        return None
-    return libc
 
 
 def _prune(run_dir: Path, shards: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
