@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 
-from hallugraph.config import bound_heap, cpu_name
+from hallugraph.config import cpu_name, restart_with_bounded_heap
 
 
 def _status(key: str) -> int:
@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--no-trim", action="store_true", help="keep the freed heap (--every-unit)")
     ap.add_argument("--out", required=True, help="a new run folder")
     args = ap.parse_args()
-    bound_heap()  # as `hallugraph extract` does, before torch is imported
+    restart_with_bounded_heap()  # as `hallugraph extract` does: the threshold from the start
     from hallugraph.data import load_dataset
     from hallugraph.extract import GenerationSettings
     from hallugraph.pipeline import run_extract
