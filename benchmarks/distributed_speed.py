@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hallugraph.config import cpu_name
+from hallugraph.config import cpu_name, restart_with_bounded_heap
 from hallugraph.data import load_dataset
 from hallugraph.extract import GenerationSettings
 from hallugraph.extract.distributed import import_ray
@@ -77,6 +77,7 @@ def main() -> None:
         "that neither timed run pays for a cold page cache (model file, Python modules)",
     )
     args = ap.parse_args()
+    restart_with_bounded_heap()  # as `hallugraph extract`: driver and workers alike
 
     ray = import_ray()
     examples = load_dataset(

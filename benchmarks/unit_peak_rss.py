@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 
-from hallugraph.config import cpu_name
-from hallugraph.data import load_dataset
-from hallugraph.extract import GenerationSettings
-from hallugraph.pipeline import run_extract
+from hallugraph.config import cpu_name, restart_with_bounded_heap
 
 
 def _status(key: str) -> int:
@@ -77,6 +74,11 @@ def main() -> None:
     ap.add_argument("--no-trim", action="store_true", help="keep the freed heap (--every-unit)")
     ap.add_argument("--out", required=True, help="a new run folder")
     args = ap.parse_args()
+    restart_with_bounded_heap()  # as `hallugraph extract` does: the threshold from the start
+    from hallugraph.data import load_dataset
+    from hallugraph.extract import GenerationSettings
+    from hallugraph.pipeline import run_extract
+
     k, n = args.unit, args.shard_size
     examples = load_dataset("triviaqa", num_samples=args.num_samples)
     if args.every_unit:

@@ -1,3 +1,3 @@
-from hallugraph.cli import main
+from hallugraph.cli import entry
 
-raise SystemExit(main())
+entry()

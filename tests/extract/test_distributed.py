@@ -213,3 +213,35 @@ def test_an_error_in_a_unit_names_it_and_keeps_the_others(local_ray, single, tmp
     s = run_extract(out=tmp_path, workers=2, lm_factory=make_tiny_lm, **KW)
     assert s.processed == len(EXAMPLES) - published and s.total == len(EXAMPLES)
     assert_same_run(single / "kept", tmp_path)
+
+
+class _StartEnv:
+    """A worker object that reports the environment its process was started with."""
+
+    def start_env(self) -> dict[str, str]:
+        raw = Path("/proc/self/environ").read_bytes().split(b"\0")
+        return dict(x.decode().split("=", 1) for x in raw if b"=" in x)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and glibc")
+def test_workers_start_with_the_fixed_mmap_threshold(local_ray, monkeypatch):
+    """The driver (pytest) was started without ``MALLOC_MMAP_THRESHOLD_``: the actors must be
+    started with it (read before their ``main``, it bounds what their imports allocate), and
+    with the user's own value where one is set; 0 leaves glibc's default."""
+    from hallugraph.config import MALLOC_ENV, glibc
+    from hallugraph.extract.distributed import RayPool
+
+    if glibc() is None:
+        pytest.skip("not glibc")
+    monkeypatch.delenv(MALLOC_ENV, raising=False)
+    monkeypatch.delenv("HALLUGRAPH_MMAP_THRESHOLD", raising=False)
+    with RayPool(_StartEnv, 1) as pool:
+        env = pool.call_one("start_env")
+    assert env.get(MALLOC_ENV) == "131072"
+    assert env.get("PYTHONPATH"), "the job's own env_vars are kept"
+    monkeypatch.setenv("HALLUGRAPH_MMAP_THRESHOLD", "262144")
+    with RayPool(_StartEnv, 1) as pool:
+        assert pool.call_one("start_env").get(MALLOC_ENV) == "262144"
+    monkeypatch.setenv("HALLUGRAPH_MMAP_THRESHOLD", "0")
+    with RayPool(_StartEnv, 1) as pool:
+        assert MALLOC_ENV not in pool.call_one("start_env")

@@ -28,8 +28,28 @@ from hallugraph.cli.commands import (
 from hallugraph.cli.parser import build_parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def entry() -> None:
+    """The ``hallugraph`` command and ``python -m hallugraph``: :func:`main` on the command
+    line, allowed to restart itself once for a bounded heap."""
+    raise SystemExit(main(restart=True))
+
+
+def main(argv: Sequence[str] | None = None, *, restart: bool = False) -> int:
+    """Run one command (``argv``, else the command line); its exit code. ``restart``: an
+    extraction (``extract`` / ``run`` / ``merge``) may replace this process by the same
+    command started with glibc's mmap threshold fixed (:func:`hallugraph.config.
+    restart_with_bounded_heap`; docs/EXTRACTION.md, "Units of work")."""
     args = build_parser().parse_args(argv)
+    if args.command in ("extract", "run", "merge"):
+        from hallugraph.config import bound_heap, restart_with_bounded_heap
+
+        try:
+            if restart and argv is None:
+                restart_with_bounded_heap()
+            bound_heap()  # where no restart happened: from here on
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )

@@ -17,6 +17,8 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from hallugraph.config import MALLOC_ENV, heap_env
+
 __all__ = ["RayPool", "UnitFailed", "import_ray"]
 
 
@@ -81,11 +83,18 @@ class RayPool:
         elif not ray.is_initialized():
             ray.init(num_cpus=workers * max(1, threads), include_dashboard=False)
             self.started = True
+        options: dict[str, Any] = {}
+        env = heap_env()
+        if env and (address is not None or os.environ.get(MALLOC_ENV) != env[MALLOC_ENV]):
+            # workers start with the fixed mmap threshold (hallugraph.config); a local
+            # cluster started by a driver that has it already passes it on by inheritance
+            options["runtime_env"] = {"env_vars": env}
         actor = ray.remote(_Worker).options(
             num_cpus=max(1, threads),
             num_gpus=gpus,
             max_restarts=retries,
             max_task_retries=retries,
+            **options,
         )
         self.actors = [actor.remote(factory, threads) for _ in range(workers)]
 

@@ -9,8 +9,6 @@ then its part file, last. A worker holds at most one shard's traces in memory.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import gc
 import os
 from collections.abc import Callable, Sequence
@@ -20,6 +18,7 @@ from typing import Any
 
 import torch
 
+from hallugraph.config import bound_heap, glibc
 from hallugraph.data import Example
 from hallugraph.extract import (
     GenerationSettings,
@@ -95,6 +94,7 @@ class UnitWorker:
     """Extracts units of a run with one model (``lm``, else ``spec.load()``)."""
 
     def __init__(self, spec: WorkerSpec, lm: LoadedModel | None = None) -> None:
+        bound_heap()  # before the model loads: its temporaries are mapped, then unmapped
         self.spec = spec
         self.lm = lm if lm is not None else spec.load()
         self._predictor: Any = None
@@ -196,19 +196,11 @@ def release_memory() -> bool:
     number of units done (issue 16). Trimming after each unit costs milliseconds.
     """
     gc.collect()
-    trim = _malloc_trim()
-    if trim is None:
+    libc = glibc()
+    if libc is None:
         return False
-    trim(0)
+    libc.malloc_trim(0)
     return True
-
-
-@functools.cache
-def _malloc_trim() -> Any:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
-        return None
 
 
 def _prune(run_dir: Path, shards: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
