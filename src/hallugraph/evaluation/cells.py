@@ -13,19 +13,19 @@ names):
 * ``lodo/<det>/<ds>.json``: the detector fitted on the other runs, its scores on run ``<ds>``.
 
 A cell holds *scores*, never metrics: the metrics, CIs and comparisons are computed from the
-cells every time (so ``--bootstrap`` changes no cell). A file is
-``{"format", "key", "key_parts", "checksum", "result"}``: ``key`` is the SHA-256 of
-``key_parts``, which name everything the result depends on (:data:`CELL_FORMAT`, the code
-(the evaluation's and the detector's own: :func:`code_digest`) and library versions, the detector's class and ``get_params()``, the
-seed, folds and repeats, the identity of each run involved — :func:`run_identity`: its traces
-without their labels, and its labels where it is trained on — and the cell's train and test
-rows); ``checksum`` is the SHA-256 of ``result``. A cell whose key differs is recomputed (and
-the log says which part changed); a damaged one (not JSON, truncated, checksum or shape wrong)
-is recomputed with a warning naming the file. Only successful cells are written: a detector's
-error or ``NotApplicable`` is met again on the next run. A freshly computed result goes through
-the same JSON text as one read back, so a resumed evaluation writes the same bytes as an
-uninterrupted one (the cost columns excepted where they are measured again: each cell keeps
-the seconds and megabytes measured when it was computed).
+cells every time (so ``--bootstrap`` changes no cell). A file is ``{"format", "key",
+"key_parts", "checksum", "result"}``: ``key`` is the SHA-256 of ``key_parts``, which name
+everything the result depends on (:data:`CELL_FORMAT`, the code (the evaluation's and the
+detector's own: :func:`code_digest`) and library versions, the detector's class and
+``get_params()``, the seed, folds and repeats, the identity of each run involved —
+:func:`run_identity`: its traces without their labels, and its labels where it is trained on —
+and the cell's train and test rows); ``checksum`` is the SHA-256 of ``result``. A cell whose
+key differs is recomputed (and the log says which part changed); a damaged one (not JSON,
+truncated, checksum or shape wrong) is recomputed with a warning naming the file. Only
+successful cells are written: a detector's error or ``NotApplicable`` is met again on the next
+run. A freshly computed result goes through the same JSON text as one read back, so a resumed
+evaluation writes the same bytes as an uninterrupted one (the cost columns excepted where they
+are measured again: each cell keeps the seconds and megabytes measured when it was computed).
 """
 
 from __future__ import annotations
