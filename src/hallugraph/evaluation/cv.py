@@ -23,9 +23,7 @@ from hallugraph.evaluation.cells import (
     CELL_FORMAT,
     CellError,
     CellStore,
-    code_digest,
     detector_identity,
-    detector_modules,
     floats,
     number,
     rows_id,
@@ -33,6 +31,7 @@ from hallugraph.evaluation.cells import (
     seed_globals,
 )
 from hallugraph.evaluation.memory import PeakRSS
+from hallugraph.evaluation.sources import code_digest, detector_modules
 from hallugraph.features import FeatureTable
 from hallugraph.features.logits import answer_content
 from hallugraph.metrics import choose_threshold

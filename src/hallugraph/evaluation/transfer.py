@@ -19,14 +19,13 @@ from hallugraph.evaluation.cells import (
     CELL_FORMAT,
     CellError,
     CellStore,
-    code_digest,
     detector_identity,
-    detector_modules,
     floats,
     rows_id,
     seed_globals,
 )
 from hallugraph.evaluation.cv import Run, instantiate, scores, unseen
+from hallugraph.evaluation.sources import code_digest, detector_modules
 from hallugraph.features import FeatureTable
 from hallugraph.store.integrity import IntegrityError
 
