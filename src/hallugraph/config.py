@@ -64,6 +64,7 @@ MMAP_THRESHOLD = 128 * 1024
 #: the variable glibc reads before ``main``: set from a process's start, the threshold also
 #: covers what Python's start-up and its imports allocate (``mallopt`` later cannot).
 MALLOC_ENV = "MALLOC_MMAP_THRESHOLD_"
+_RESTARTED = "HALLUGRAPH_HEAP_RESTARTED"  # set for the restarted process only
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 
@@ -98,14 +99,22 @@ def restart_with_bounded_heap(argv: Sequence[str] | None = None) -> None:
     :func:`heap_env` in its environment, unless it already has it (then return): glibc reads
     the variable before ``main``, so only a fresh start reaches the allocations of Python's
     start-up and imports. Costs one more interpreter start (~0.1 s); used by ``hallugraph
-    extract`` / ``run`` / ``merge`` (docs/EXTRACTION.md, "Units of work")."""
+    extract`` / ``run`` / ``merge`` (docs/EXTRACTION.md, "Units of work"). The restarted
+    process removes the variable from its environment (glibc has read it), so that the
+    processes it starts do not inherit it; a variable the user set is left alone."""
+    if os.environ.pop(_RESTARTED, None) == "1":
+        # glibc has read it: the processes this one starts (the evaluation's workers of
+        # ``hallugraph run``) must not pay the threshold's price (page faults: 1,080 s of
+        # system time in ``make run`` when they inherited it); Ray workers get it explicitly
+        os.environ.pop(MALLOC_ENV, None)
+        return
     env = heap_env()
     if not env or os.environ.get(MALLOC_ENV):
         return
     argv = list(sys.orig_argv if argv is None else argv)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, argv, {**os.environ, **env})
+    os.execve(sys.executable, argv, {**os.environ, **env, _RESTARTED: "1"})
 
 
 def bound_heap(threshold: int | None = None) -> bool:
