@@ -52,7 +52,7 @@ REPEATS ?= 3
 PROCESSES ?= 2
 TABLE   ?= docs/benchmark
 
-benchmark-table: setup  ## docs/benchmark/: extract, label, then 5x3 cross-validation, transfer and leave-one-dataset-out of every detector and the fusion (the evaluation: ~10 CPU-hours, CHARM's fits ~9 of them, docs/BENCHMARKS.md "What the benchmark table costs"; resumable: run it again)
+benchmark-table: setup  ## docs/benchmark/: extract, label, then 5x3 cross-validation, transfer and leave-one-dataset-out of every detector and the fusion (the evaluation: ~4 CPU-hours, CHARM's fits ~3 of them, docs/BENCHMARKS.md "What the benchmark table costs"; resumable: run it again)
 	$(BIN)/hallugraph extract --dataset triviaqa --num-samples 5000 --out $(BENCH)/triviaqa --keep-tensors $(KEEP)
 	$(BIN)/hallugraph extract --dataset truthfulqa --out $(BENCH)/truthfulqa --keep-tensors $(KEEP)
 	$(BIN)/hallugraph extract --dataset halueval_qa_tf --out $(BENCH)/halueval_qa_tf --keep-tensors $(KEEP)

@@ -8,9 +8,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
 from hallugraph.detectors import all_detectors, get_detector
+from hallugraph.detectors.charm import Charm
 from hallugraph.detectors.charm_net import GraphArrays
 from hallugraph.features import FeatureTable
 from hallugraph.features.charm import NODE_ANSWER, NODE_META, NODE_PROMPT
@@ -85,7 +87,10 @@ def test_registered_with_its_metadata():
     assert cls.family == "graph" and set(cls.stats) == {"charm_graph", "charm_nodes"}
     assert "CHARM" in cls.paper and cls.supervised
     det = get_detector("charm")
-    assert (det.hidden, det.layers, det.epochs, det.n_seeds) == (64, 2, 75, 3)
+    assert (det.hidden, det.layers, det.epochs, det.patience) == (64, 2, 75, 20)
+    # the reference's seeds are separate detectors (mean +- std of their metrics), not an
+    # ensemble: one network per fit by default
+    assert det.n_seeds == 1
 
 
 def test_prepared_graphs_give_the_batches_bit_for_bit():
@@ -196,8 +201,17 @@ def test_fits_and_predicts_on_the_tiny_run_deterministically(tiny_run, tmp_path)
     det = get_detector("charm", epochs=10).fit(X, X.labels)
     p = det.predict_proba(X)
     assert p.shape == (24,) and np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
-    assert len(det.models_) == 3 and [h["seed"] for h in det.history_] == [0, 1, 2]
+    assert len(det.models_) == 1 and [h["seed"] for h in det.history_] == [0]
     again = get_detector("charm", epochs=10).fit(X, X.labels).predict_proba(X)
+    np.testing.assert_allclose(again, p, rtol=1e-6)
+    # n_seeds > 1: the mean of the networks' probabilities, seeds seed, seed + 1, ...
+    three = get_detector("charm", epochs=10, n_seeds=3).fit(X, X.labels)
+    assert len(three.models_) == 3 and [h["seed"] for h in three.history_] == [0, 1, 2]
+    prepared = GraphArrays.from_table(X).prepare(three.mean_, three.std_)
+    batches = Charm._batches(prepared, np.arange(24))
+    one = [expit(Charm._logits(m, batches).astype(np.float64)) for m in three.models_]
+    np.testing.assert_allclose(three.predict_proba(X), np.mean(one, axis=0), rtol=1e-5)
+    np.testing.assert_allclose(one[0], p, rtol=1e-5)  # its first network is the one-seed fit
     np.testing.assert_allclose(again, p, rtol=1e-6)
     with pytest.raises(ValueError, match="shape"):
         det.predict_proba(_reshaped(X))
