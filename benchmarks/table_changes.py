@@ -159,13 +159,49 @@ def lodo_section(new: dict[str, Any], runs: list[str]) -> list[str]:
     return out
 
 
+def summary(new: dict[str, Any]) -> str:
+    """The new table in short: AUROC [CI] per detector and run (**bold**: the run's best; ~ :
+    not significantly below it, paired p >= 0.05), then the leave-one-dataset-out AUROC and
+    the length-matched AUROC in the same layout."""
+    n = rows(new)
+    runs = [d for d in new["config"]["datasets"] if any(k[0] == d for k in n)]
+    order = [d for d in new["config"]["detectors"] if any(k[1] == d for k in n)]
+    family = {k[1]: r.get("family", "") for k, r in n.items()}
+    head = ["| detector | family | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
+    out = ["| run | answers | questions | % hallucinated |", "|---|---:|---:|---:|"]
+    for d in runs:
+        info = new["runs"][d]
+        out.append(f"| {d} | {info['n']} | {info['n_questions']} | {info['pct_halluc']:.1f} |")
+    for title, key in (
+        ("AUROC [95 % CI], pooled out-of-fold", "auroc"),
+        ("leave-one-dataset-out AUROC [95 % CI] (fitted on the other runs)", "lodo_auroc"),
+        ("length-matched AUROC [95 % CI] (answer pairs within 2 tokens)", "auroc_lm"),
+    ):
+        out += ["", f"{title}:", ""] + head
+        for det in order:
+            cells = []
+            for d in runs:
+                r = n.get((d, det))
+                txt = fmt(r, key)
+                if r is not None and key == "auroc" and txt != "-":
+                    p = r.get("vs_best_p")
+                    if r.get("vs_best_diff") == 0 or p is None:
+                        txt = f"**{txt}**"
+                    elif p >= 0.05:
+                        txt = f"~ {txt}"
+                cells.append(txt)
+            out.append(f"| `{det}` | {family[det]} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--old", default=OLD, help=f"old results.json (default {OLD})")
     ap.add_argument("--new", default=NEW, help=f"new results.json (default {NEW})")
     ap.add_argument("--out", help="write the Markdown here too")
+    ap.add_argument("--summary", action="store_true", help="the new table in short instead")
     args = ap.parse_args(argv)
-    text = report(load(args.old), load(args.new))
+    text = summary(load(args.new)) if args.summary else report(load(args.old), load(args.new))
     sys.stdout.write(text)
     if args.out:
         from hallugraph.io import atomic_write_text
