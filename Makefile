@@ -62,6 +62,8 @@ benchmark-table: setup  ## docs/benchmark/: extract, label, then 5x3 cross-valid
 	mkdir -p $(TABLE)
 	rm -f $(TABLE)/roc_*.png $(TABLE)/length_*.png $(TABLE)/fusion_weights_*.png $(TABLE)/scores_*.json
 	cp $(BENCH)/eval/results.md $(BENCH)/eval/results.csv $(BENCH)/eval/transfer.csv $(BENCH)/eval/lodo.csv $(BENCH)/eval/*.png $(BENCH)/eval/scores_*.json $(BENCH)/eval/results.json $(TABLE)/
+	$(BIN)/python benchmarks/table_changes.py --new $(TABLE)/results.json --out $(TABLE)/changes.md > /dev/null
+	$(BIN)/python benchmarks/table_changes.py --summary --new $(TABLE)/results.json --out $(TABLE)/summary.md > /dev/null
 
 GROUNDEDNESS_OUT ?= runs/groundedness
 
