@@ -115,7 +115,8 @@ def report(old: dict[str, Any], new: dict[str, Any]) -> str:
         f = (new.get("by_run", {}).get(d) or {}).get("fusion_vs_best")
         if f:
             ci = f"{f['diff']:+.3f} [{f['diff_lo']:+.3f}, {f['diff_hi']:+.3f}]"
-            out.append(f"| {d} | {f['best_single']} | {ci} | {f['p']:.3f} |")
+            pv = f"< {1 / f['n_boot']:.3f}" if f["p"] == 0 else f"{f['p']:.3f}"
+            out.append(f"| {d} | {f['best_single']} | {ci} | {pv} |")
         else:
             out.append(f"| {d} | - | fusion missing | - |")
     return "\n".join(out) + "\n"
@@ -160,9 +161,10 @@ def lodo_section(new: dict[str, Any], runs: list[str]) -> list[str]:
 
 
 def summary(new: dict[str, Any]) -> str:
-    """The new table in short: AUROC [CI] per detector and run (**bold**: the run's best; ~ :
-    not significantly below it, paired p >= 0.05), then the leave-one-dataset-out AUROC and
-    the length-matched AUROC in the same layout."""
+    """The new table in short: AUROC [CI] per detector and run (**bold**: the run's best single
+    detector; ~ : not significantly different from it, paired p >= 0.05; ↑: significantly
+    above it, p < 0.05), then the leave-one-dataset-out AUROC and the length-matched AUROC in
+    the same layout."""
     n = rows(new)
     runs = [d for d in new["config"]["datasets"] if any(k[0] == d for k in n)]
     order = [d for d in new["config"]["detectors"] if any(k[1] == d for k in n)]
@@ -189,6 +191,8 @@ def summary(new: dict[str, Any]) -> str:
                         txt = f"**{txt}**"
                     elif p >= 0.05:
                         txt = f"~ {txt}"
+                    elif r["vs_best_diff"] > 0:  # the fusion, above the best single detector
+                        txt = f"↑ **{txt}**"
                 cells.append(txt)
             out.append(f"| `{det}` | {family[det]} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
