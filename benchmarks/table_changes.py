@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hallugraph.evaluation.tables import fmt_ci
+
 OLD = "ca78426:docs/benchmark/results.json"  # the last table of the one-split protocol
 NEW = "docs/benchmark/results.json"
 FIXED = ("lapeigvals", "hallushift", "saplma_mlp")  # detectors whose code a fix changed
@@ -47,10 +49,8 @@ def rows(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def fmt(r: dict[str, Any] | None, key: str = "auroc") -> str:
-    if r is None or r.get(key) is None:
-        return "-"
-    lo, hi = r.get(f"{key}_lo"), r.get(f"{key}_hi")
-    return f"{r[key]:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{r[key]:.3f}"
+    """``value [lo, hi]`` as in results.md (``-``: no such row)."""
+    return "-" if r is None else fmt_ci(r, key)
 
 
 def width(r: dict[str, Any]) -> float:
@@ -185,7 +185,7 @@ def summary(new: dict[str, Any]) -> str:
             for d in runs:
                 r = n.get((d, det))
                 txt = fmt(r, key)
-                if r is not None and key == "auroc" and txt != "-":
+                if r is not None and key == "auroc":
                     p = r.get("vs_best_p")
                     if r.get("vs_best_diff") == 0 or p is None:
                         txt = f"**{txt}**"
