@@ -86,8 +86,9 @@ class RayPool:
         options: dict[str, Any] = {}
         env = heap_env()
         if env and (address is not None or os.environ.get(MALLOC_ENV) != env[MALLOC_ENV]):
-            # workers start with the fixed mmap threshold (hallugraph.config); a local
-            # cluster started by a driver that has it already passes it on by inheritance
+            # workers start with the fixed mmap threshold (hallugraph.config). Only a value
+            # the user set stays in the driver's environment for a local cluster to inherit:
+            # the CLI's restarted process removes its own (config.restart_with_bounded_heap)
             options["runtime_env"] = {"env_vars": env}
         actor = ray.remote(_Worker).options(
             num_cpus=max(1, threads),
